@@ -1,0 +1,7 @@
+"""VM-UNet model code. Imports torch and vmunet.ops only (no data, training or metrics)."""
+
+from vmunet.models.presets import PRESETS, create_model
+from vmunet.models.pretrained import LoadReport, load_pretrained_vmamba
+from vmunet.models.vmunet import VMUNet, logits_to_probabilities
+
+__all__ = ["PRESETS", "LoadReport", "VMUNet", "create_model", "load_pretrained_vmamba", "logits_to_probabilities"]

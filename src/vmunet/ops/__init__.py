@@ -1,0 +1,89 @@
+"""Selective scan backends behind one mamba_ssm-compatible function.
+
+    selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend="auto")
+
+Backends: "ref" (sequential loop, any dtype), "torch" (fast pure PyTorch, any device),
+"mamba_ssm" (optional CUDA kernels). "auto" takes the backend set by ``use_backend`` if one is
+active, else "mamba_ssm" for CUDA tensors when it imports, else "torch"; it logs its choice once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+
+from vmunet.ops import scan_mamba_ssm
+from vmunet.ops.scan_mamba_ssm import selective_scan_mamba_ssm
+from vmunet.ops.scan_ref import selective_scan_ref
+from vmunet.ops.scan_torch import selective_scan_torch
+
+__all__ = [
+    "check_backend_name",
+    "BACKENDS",
+    "available_backends",
+    "resolve_backend",
+    "selective_scan",
+    "selective_scan_ref",
+    "selective_scan_torch",
+    "use_backend",
+]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = {
+    "ref": selective_scan_ref,
+    "torch": selective_scan_torch,
+    "mamba_ssm": selective_scan_mamba_ssm,
+}
+_VALID_NAMES = ("auto", *BACKENDS)
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("vmunet_scan_backend", default=None)
+_logged_auto_choices: set[tuple[str, str]] = set()
+
+
+def check_backend_name(name: str) -> str:
+    if name not in _VALID_NAMES:
+        raise ValueError(f"unknown selective-scan backend {name!r}; choose one of {', '.join(_VALID_NAMES)}")
+    return name
+
+
+def available_backends(device: str = "cpu") -> list[str]:
+    """Backends that can run on this machine for tensors on ``device`` ("cpu" or "cuda")."""
+    names = ["ref", "torch"]
+    if str(device).startswith("cuda") and scan_mamba_ssm.is_available():
+        names.append("mamba_ssm")
+    return names
+
+
+def resolve_backend(name: str, device_type: str) -> str:
+    """Turn "auto" into a concrete backend name; check explicit names exist."""
+    check_backend_name(name)
+    if name != "auto":
+        return name
+    chosen = _context_backend.get()
+    if chosen is None:
+        chosen = "mamba_ssm" if device_type == "cuda" and scan_mamba_ssm.is_available() else "torch"
+        if (device_type, chosen) not in _logged_auto_choices:
+            _logged_auto_choices.add((device_type, chosen))
+            logger.info("selective scan backend 'auto' chose %r for %s tensors", chosen, device_type)
+    return chosen
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Make "auto" mean ``name`` inside the block, e.g. ``with use_backend("ref"): model(x)``."""
+    check_backend_name(name)
+    token = _context_backend.set(None if name == "auto" else name)
+    try:
+        yield
+    finally:
+        _context_backend.reset(token)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                   return_last_state=False, backend="auto"):
+    """u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, groups, N, L); D, delta_bias: (dim,)."""
+    name = resolve_backend(backend, u.device.type)
+    return BACKENDS[name](u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                          return_last_state=return_last_state)

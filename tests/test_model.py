@@ -1,0 +1,140 @@
+"""VM-UNet against the official model's fixtures: keys, shapes, counts, logits, pretrained loading."""
+
+import pytest
+import torch
+
+from conftest import REFERENCE, load_reference
+from vmunet import VMUNet, create_model, load_pretrained_vmamba, logits_to_probabilities
+from vmunet.ops import available_backends
+
+
+def read_tsv(name):
+    lines = (REFERENCE / name).read_text().splitlines()
+    rows = [line.split("\t") for line in lines if line and not line.startswith("#")]
+    return {key: tuple(int(s) for s in shape.split("x")) for key, shape in rows}
+
+
+@pytest.mark.parametrize("tsv,num_classes,count", [
+    ("vmunet_isic_state_dict.tsv", 1, 27_427_561),
+    ("vmunet_synapse_state_dict.tsv", 9, 27_427_761),
+])
+def test_state_dict_keys_shapes_and_count_equal_official(tsv, num_classes, count):
+    expected = read_tsv(tsv)
+    model = create_model("vmunet", num_classes=num_classes)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert list(ours) == list(expected)  # same keys in the same order
+    assert ours == expected
+    assert sum(p.numel() for p in model.parameters()) == count
+
+
+@pytest.mark.parametrize("fixture", ["tiny_binary.pt", "tiny_multiclass.pt"])
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+def test_logits_match_official_fixture(fixture, backend):
+    ref = load_reference(fixture)
+    model = VMUNet(**ref["model_config"], scan_backend=backend).eval()
+    model.load_state_dict(ref["state_dict"], strict=True)
+    with torch.no_grad():
+        logits = model(ref["input"])
+    assert logits.dtype == torch.float32
+    assert logits.shape == ref["logits"].shape
+    torch.testing.assert_close(logits, ref["logits"], rtol=0, atol=1e-4)
+
+
+def test_pretrained_loading_reproduces_official_rule():
+    expected = load_reference("pretrained_loading_expected.pt")
+    model = VMUNet(**expected["model_config"])
+    report = load_pretrained_vmamba(model, REFERENCE / "fake_vmamba_pretrained.pth")
+    assert sorted(report.loaded) == sorted(expected["loaded_keys"])
+    assert len(report.loaded) + len(report.missing) == len(model.state_dict())
+    state = model.state_dict()
+    for key in expected["loaded_keys"]:
+        torch.testing.assert_close(state[key], expected["state_dict_after_loading"][key], rtol=0, atol=0)
+    # the head and the 3 extra encoder blocks of stage 2 are not used; norm/head never are
+    assert any(k.startswith("head.") for k in report.skipped)
+    assert "layers.2.blocks.4.ln_1.weight" in report.skipped
+
+
+def test_pretrained_skips_shape_mismatch_instead_of_crashing():
+    ckpt = torch.load(REFERENCE / "fake_vmamba_pretrained.pth", map_location="cpu", weights_only=True)["model"]
+    ckpt["patch_embed.proj.weight"] = torch.zeros(16, 3, 2, 2)
+    model = VMUNet(dims=(16, 32, 64, 128))
+    report = load_pretrained_vmamba(model, ckpt)
+    assert "vmunet.patch_embed.proj.weight" in report.missing
+    assert "shape" in report.skipped["patch_embed.proj.weight"]
+
+
+def test_pretrained_wrong_file_gives_clear_error(tmp_path):
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="notes.pth: not a readable PyTorch checkpoint"):
+        load_pretrained_vmamba(VMUNet(dims=(16, 32, 64, 128)), bad)
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"encoder.weight": torch.zeros(3)}}, other)
+    with pytest.raises(ValueError, match="other.pth: no tensor matches the model"):
+        load_pretrained_vmamba(VMUNet(dims=(16, 32, 64, 128)), other)
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_pretrained_vmamba(VMUNet(dims=(16, 32, 64, 128)), tmp_path / "missing.pth")
+
+
+def test_paper_model_trains_with_finite_gradients_everywhere():
+    torch.manual_seed(0)
+    model = create_model("vmunet", num_classes=9, input_channels=1).train()
+    x = torch.randn(1, 1, 64, 64)
+    target = torch.randint(0, 9, (1, 64, 64))
+    loss = torch.nn.functional.cross_entropy(model(x), target)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_drop_path_active_in_train_mode_only():
+    torch.manual_seed(0)
+    model = create_model("vmunet-tiny", drop_path_rate=0.5)
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))
+
+
+def test_probabilities_helper():
+    logits = torch.randn(2, 1, 4, 4)
+    torch.testing.assert_close(logits_to_probabilities(logits), torch.sigmoid(logits))
+    logits = torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(logits_to_probabilities(logits).sum(1), torch.ones(2, 4, 4))
+
+
+def test_bad_sizes_channels_and_backends_say_what_to_do():
+    model = create_model("vmunet-tiny")
+    with pytest.raises(ValueError, match="height 100 is not a multiple of 32; resize or pad to 96 or 128"):
+        model(torch.randn(1, 3, 100, 64))
+    with pytest.raises(ValueError, match="width 16 is not a multiple of 32; resize or pad to 32"):
+        model(torch.randn(1, 3, 64, 16))
+    with pytest.raises(ValueError, match="built for 3 input channel\\(s\\) but got 4"):
+        model(torch.randn(1, 4, 64, 64))
+    with pytest.raises(ValueError, match="unknown selective-scan backend 'cuda'"):
+        create_model("vmunet-tiny", scan_backend="cuda")
+    with pytest.raises(ValueError, match="unknown model preset 'vmunet-huge'; choose one of vmunet, vmunet-tiny"):
+        create_model("vmunet-huge")
+    with pytest.raises(ValueError, match="unknown model option"):
+        create_model("vmunet", num_class=2)
+
+
+def test_one_channel_input_is_repeated_to_rgb():
+    torch.manual_seed(0)
+    model = create_model("vmunet-tiny", input_channels=1).eval()
+    rgb = create_model("vmunet-tiny", input_channels=3).eval()
+    rgb.load_state_dict(model.state_dict())
+    x = torch.randn(1, 1, 32, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), rgb(x.repeat(1, 3, 1, 1)))
+
+
+def test_tiny_preset_shape():
+    model = create_model("vmunet-tiny", num_classes=3)
+    assert model.config["dims"] == [16, 32, 64, 128]
+    assert model(torch.randn(2, 3, 64, 96)).shape == (2, 3, 64, 96)
