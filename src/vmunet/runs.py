@@ -1,0 +1,164 @@
+"""Run folders: a self-describing directory per training run, and atomic checkpoint I/O.
+
+    RUN_DIR/config.yaml          the resolved TrainConfig
+    RUN_DIR/run.json             what inference needs: model config, label names, normalisation, image size
+    RUN_DIR/checkpoints/last.pt  state_dict (official key names) + optimizer, scheduler, epoch, RNG, version
+    RUN_DIR/checkpoints/best.pt  the same at the best validation score
+    RUN_DIR/history.csv          one row per epoch
+    RUN_DIR/tensorboard/         TensorBoard event files
+    RUN_DIR/eval/                summary.json and per_case.csv written by ``evaluate``
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from vmunet.models import VMUNet, create_model
+
+
+@dataclass
+class RunInfo:
+    """The contents of run.json."""
+
+    model_preset: str
+    model_config: dict  # VMUNet keyword arguments
+    label_names: list[str]
+    normalization: str
+    image_size: int
+    dataset: str  # isic | synapse | nifti | demo: 2D images or volumes
+    version: str
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model_config["num_classes"])
+
+    @property
+    def input_channels(self) -> int:
+        return int(self.model_config["input_channels"])
+
+    @property
+    def is_volumetric(self) -> bool:
+        return self.dataset in ("synapse", "nifti", "demo")
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write through a temporary file in the same folder and rename: a crash never leaves a torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    atomic_write_bytes(Path(path), lambda handle: torch.save(payload, handle))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    atomic_write_bytes(Path(path), lambda handle: handle.write(text.encode()))
+
+
+def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict:
+    """Read a checkpoint on the CPU with ``weights_only=True`` unless the caller trusts the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (truncated or not a torch.save file)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: holds Python objects besides tensors; if you trust its source, pass "
+                         "--trust-checkpoint (allow_pickle=True)") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({error})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint")
+    return payload
+
+
+def state_dict_of(payload: dict) -> dict:
+    """The model weights of one of our checkpoints, an official VM-UNet checkpoint or a bare state_dict."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(payload.get(key), dict):
+            return payload[key]
+    return payload
+
+
+def load_weights(model: VMUNet, state: dict, source: str) -> None:
+    """Strict load with an error that lists the first mismatched keys (another architecture, say)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                   if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)):
+            if keys:
+                parts.append(f"{len(keys)} {name} (first: {', '.join(keys[:3])})")
+        raise ValueError(f"{source}: checkpoint does not fit this model: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def write_run_info(run_dir: str | Path, info: RunInfo) -> None:
+    write_text_atomic(Path(run_dir) / "run.json", json.dumps(info.__dict__, indent=2) + "\n")
+
+
+def read_run_info(run_dir: str | Path) -> RunInfo:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a vmunet run folder (run.json missing)")
+    try:
+        return RunInfo(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as error:
+        raise ValueError(f"{path}: unreadable run description ({error})") from None
+
+
+def write_config(run_dir: str | Path, config_dict: dict) -> None:
+    write_text_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(config_dict, sort_keys=False))
+
+
+def read_config_dict(run_dir: str | Path) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a vmunet run folder (config.yaml missing)")
+    return yaml.safe_load(path.read_text())
+
+
+def resolve_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:
+    """'best' | 'last' | a path. 'best' falls back to nothing: a run without best.pt says so."""
+    if checkpoint in ("best", "last"):
+        return checkpoint_dir(run_dir) / f"{checkpoint}.pt"
+    return Path(checkpoint)
+
+
+def load_model_from_run(run_dir: str | Path, checkpoint: str = "best", allow_pickle: bool = False,
+                        scan_backend: str = "auto") -> tuple[VMUNet, RunInfo, dict]:
+    """The trained model (eval mode, CPU), the run's RunInfo and the checkpoint payload."""
+    info = read_run_info(run_dir)
+    model = create_model(info.model_preset, **{**info.model_config, "scan_backend": scan_backend})
+    path = resolve_checkpoint(run_dir, checkpoint)
+    payload = load_checkpoint(path, allow_pickle=allow_pickle)
+    load_weights(model, state_dict_of(payload), str(path))
+    return model.eval(), info, payload
