@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -126,8 +126,11 @@ def coerce(key: str, value, source: str):
     if value is None or default is None or isinstance(default, (tuple, list)):
         return value
     kind = type(default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML reads 5e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{source}: {key} must be a number (got {value!r})") from None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValueError(f"{source}: {key} must be {kind.__name__} (got {value!r})")
     return value
