@@ -1,0 +1,132 @@
+"""ISIC-style folders of 2D images and masks: ``DATA/{train,val[,test]}/{images,masks}/``.
+
+Images and masks are paired by file stem (never by sorting two listings); the official ISIC mask name
+``ISIC_0000000_segmentation.png`` pairs with ``ISIC_0000000.jpg``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vmunet.data.checks import check_same_shape
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}
+MASK_STEM_SUFFIXES = ("_segmentation", "_Segmentation")  # ISIC 2016-2018 mask names
+
+
+def available_splits(root: str | Path) -> list[str]:
+    """The splits of ``root`` that have an ``images/`` folder, in the order train, val, test."""
+    root = Path(root)
+    return [split for split in SPLITS if (root / split / "images").is_dir()]
+
+
+def read_image(path: Path, mode: str | None = None, keep_modes: tuple[str, ...] = ()) -> np.ndarray:
+    """Decode an image file fully (so that a truncated file fails here, naming it).
+
+    The image is converted to ``mode`` unless its mode is already ``mode`` or one of ``keep_modes``.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if mode is not None and img.mode != mode and img.mode not in keep_modes:
+                img = img.convert(mode)
+            return np.asarray(img)
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for empty, truncated, unknown files
+        size = path.stat().st_size if path.exists() else None
+        what = "empty file (0 bytes)" if size == 0 else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: cannot read image: {what}") from exc
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """A binary mask (0/255 or 0/1, greyscale or colour) as an int64 label map with values {0, 1}."""
+    mask = read_image(path, "L", keep_modes=("1", "I", "I;16"))  # colour masks read as grey
+    if mask.ndim != 2:
+        raise ValueError(f"{path}: mask has shape {mask.shape}, expected a single-channel image")
+    values = set(np.unique(mask).tolist())
+    if values <= {0, 1}:
+        return mask.astype(np.int64)
+    if values <= {0, 255}:
+        return (mask == 255).astype(np.int64)
+    raise ValueError(f"{path}: mask values {sorted(values)[:10]} are not binary (expected 0/255 or 0/1)")
+
+
+def _mask_key(stem: str) -> str:
+    for suffix in MASK_STEM_SUFFIXES:
+        if stem.endswith(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _list_files(folder: Path, suffixes: set[str]) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
+
+
+def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
+    """``(case_id, image, mask)`` triples sorted by case id; any unpaired or ambiguous file is an error."""
+    images: dict[str, Path] = {}
+    for path in _list_files(image_dir, IMAGE_SUFFIXES):
+        if path.stem in images:
+            raise ValueError(f"{path}: two images share the stem {path.stem!r} (also {images[path.stem]})")
+        images[path.stem] = path
+    masks: dict[str, Path] = {}
+    for path in _list_files(mask_dir, MASK_SUFFIXES):
+        key = _mask_key(path.stem)
+        if key in masks:
+            raise ValueError(f"{path}: two masks pair with case {key!r} (also {masks[key]})")
+        masks[key] = path
+    no_mask = sorted(set(images) - set(masks))
+    if no_mask:
+        raise ValueError(f"{images[no_mask[0]]}: image has no mask in {mask_dir}"
+                         + (f" ({len(no_mask)} unpaired images in all)" if len(no_mask) > 1 else ""))
+    no_image = sorted(set(masks) - set(images))
+    if no_image:
+        raise ValueError(f"{masks[no_image[0]]}: mask has no image in {image_dir}"
+                         + (f" ({len(no_image)} unpaired masks in all)" if len(no_image) > 1 else ""))
+    return [(key, images[key], masks[key]) for key in sorted(images)]
+
+
+class IsicFolder:
+    """One split of an ISIC-style folder as a sequence of 2D samples.
+
+    ``sample["image"]`` is float32 (H, W, 3) with the raw 0-255 intensities, ``sample["label"]`` int64 (H, W)
+    in {0, 1}. Files are read on access.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train"):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: data folder not found")
+        split_dir = self.root / split
+        image_dir, mask_dir = split_dir / "images", split_dir / "masks"
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                found = available_splits(self.root)
+                raise FileNotFoundError(f"{folder}: folder not found (splits found in {self.root}: "
+                                        f"{', '.join(found) if found else 'none'})")
+        self.split = split
+        self.items = pair_by_stem(image_dir, mask_dir)
+        if not self.items:
+            raise ValueError(f"{image_dir}: split {split!r} has no images")
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [case_id for case_id, _, _ in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        case_id, image_path, mask_path = self.items[index]
+        image = read_image(image_path, "RGB").astype(np.float32)  # (H, W, 3)
+        label = read_binary_mask(mask_path)  # (H, W)
+        check_same_shape(image.shape[:2], label.shape, f"{image_path} and {mask_path}")
+        return {"image": image, "label": label, "case_id": case_id}
+
+    def __repr__(self) -> str:
+        return f"IsicFolder({str(self.root)!r}, {self.split!r}: {len(self)} images)"

@@ -1,0 +1,271 @@
+"""Volumes of one's own in the nnU-Net raw layout, read with nibabel.
+
+    DATA/dataset.json              "labels": {name: id} (nnU-Net v2) or {id: name} (v1), "channel_names"/"modality"
+    DATA/imagesTr/NAME_0000.nii.gz [NAME_0001.nii.gz ...]   one file per channel
+    DATA/labelsTr/NAME.nii.gz
+    DATA/imagesTs/NAME_0000.nii.gz [labelsTs/NAME.nii.gz]   optional
+
+Axis order: arrays are kept as stored (no reorientation); the last stored axis (usually axial) is moved to the
+front, so a volume is (D, H, W) = stored (X, Y, Z) -> (Z, X, Y), and 2D slices are ``volume[d]``. ``spacing`` is
+the header's zooms in that same (D, H, W) order; ``affine`` is the file's, for the stored order:
+``save_prediction`` moves the axis back before writing, so predictions line up with the image in any viewer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from vmunet.data.checks import check_finite, check_labels, check_same_shape
+
+_IMAGE_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii(\.gz)?)$")
+
+
+def _nibabel():
+    try:
+        import nibabel
+    except ImportError as exc:
+        raise ImportError("reading NIfTI volumes needs nibabel: pip install 'vmunet[nifti]'") from exc
+    return nibabel
+
+
+def read_dataset_json(root: str | Path) -> dict:
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: dataset.json not found (it gives the label names)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON: {exc}") from exc
+
+
+def read_label_names(root: str | Path) -> list[str]:
+    """Label names indexed by class id, from ``dataset.json`` in either nnU-Net format.
+
+    v2: ``{"background": 0, "liver": 1}``; v1: ``{"0": "background", "1": "liver"}``. The ids must be 0..K-1.
+    """
+    path = Path(root) / "dataset.json"
+    labels = read_dataset_json(root).get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f"{path}: no 'labels' mapping")
+    if all(isinstance(v, str) for v in labels.values()):  # v1: {id: name}
+        try:
+            by_id = {int(k): v for k, v in labels.items()}
+        except ValueError as exc:
+            raise ValueError(f"{path}: 'labels' keys must be class ids in the nnU-Net v1 format") from exc
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):  # v2: {name: id}
+        by_id = {v: k for k, v in labels.items()}
+        if len(by_id) != len(labels):
+            raise ValueError(f"{path}: two labels share a class id")
+    else:
+        raise ValueError(f"{path}: 'labels' must map names to integer ids (region-based labels are not supported)")
+    if sorted(by_id) != list(range(len(by_id))):
+        raise ValueError(f"{path}: class ids {sorted(by_id)} are not 0..{len(by_id) - 1}")
+    return [by_id[i] for i in range(len(by_id))]
+
+
+def _num_channels(root: Path) -> int | None:
+    path = root / "dataset.json"
+    if not path.is_file():
+        return None
+    info = read_dataset_json(root)
+    channels = info.get("channel_names", info.get("modality"))
+    return len(channels) if isinstance(channels, dict) and channels else None
+
+
+def find_cases(root: str | Path, subset: str = "Tr") -> dict[str, list[Path]]:
+    """``{case: [channel files in channel order]}`` for ``images{subset}/``; gaps in channels are errors."""
+    root = Path(root)
+    image_dir = root / f"images{subset}"
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"{image_dir}: folder not found")
+    channels: dict[str, dict[int, Path]] = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        match = _IMAGE_NAME.match(path.name)
+        if match is None:
+            if path.name.endswith((".nii", ".nii.gz")):
+                raise ValueError(f"{path}: image name must end in _XXXX.nii.gz (the channel index)")
+            continue
+        channels.setdefault(match["case"], {})[int(match["channel"])] = path
+    expected = _num_channels(root)
+    cases = {}
+    for case, files in sorted(channels.items()):
+        count = expected if expected is not None else len(files)
+        if sorted(files) != list(range(count)):
+            raise ValueError(f"{image_dir}: case {case!r} has channels {sorted(files)}, expected 0..{count - 1}")
+        cases[case] = [files[c] for c in range(count)]
+    if not cases:
+        raise ValueError(f"{image_dir}: no images found")
+    return cases
+
+
+def _load(path: Path):
+    nib = _nibabel()
+    from nibabel.filebasedimages import ImageFileError
+
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: cannot read NIfTI file: empty file (0 bytes)")
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
+        raise ValueError(f"{path}: cannot read NIfTI file: {type(exc).__name__}: {exc}") from exc
+    return img, data
+
+
+def _to_dhw(data: np.ndarray, path: Path) -> np.ndarray:
+    """Stored (X, Y, Z[, 1]) -> (Z, X, Y)."""
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D volume, found shape {data.shape}")
+    return np.moveaxis(data, -1, 0)
+
+
+def read_header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray]:
+    """Shape (D, H, W), spacing (D, H, W) and affine from the header alone (no voxel data read)."""
+    nib = _nibabel()
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        img = nib.load(path)
+    except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
+        raise ValueError(f"{path}: cannot read NIfTI header: {type(exc).__name__}: {exc}") from exc
+    shape = img.shape[:3]
+    if len(img.shape) not in (3, 4) or (len(img.shape) == 4 and img.shape[3] != 1):
+        raise ValueError(f"{path}: expected a 3D volume, found shape {img.shape}")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return (shape[2], shape[0], shape[1]), (zooms[2], zooms[0], zooms[1]), img.affine
+
+
+def read_volume(image_files: list[Path], label_file: Path | None, num_classes: int | None, case_id: str) -> dict:
+    """One case: image float32 (D, H, W) for one channel, (D, H, W, C) for several; label int64 (D, H, W)."""
+    channels = []
+    for path in image_files:
+        img, data = _load(path)
+        data = _to_dhw(data, path).astype(np.float32)
+        check_finite(data, path)
+        if channels:
+            check_same_shape(channels[0].shape, data.shape, f"{path} (channel shape vs {image_files[0].name})")
+        channels.append(data)
+        if len(channels) == 1:
+            zooms = img.header.get_zooms()[:3]
+            spacing = (float(zooms[2]), float(zooms[0]), float(zooms[1]))
+            affine = np.asarray(img.affine, dtype=np.float64)
+    image = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
+    label = None
+    if label_file is not None:
+        _, data = _load(label_file)
+        data = _to_dhw(data, label_file)
+        label = check_labels(data, num_classes, label_file) if num_classes else data.astype(np.int64)
+        check_same_shape(channels[0].shape, label.shape, f"{label_file} (label vs {image_files[0].name})")
+    return {"image": image, "label": label, "case_id": case_id, "spacing": spacing, "affine": affine}
+
+
+def save_prediction(path: str | Path, label: np.ndarray, affine: np.ndarray) -> None:
+    """Write a (D, H, W) label map with the source image's affine, in the stored axis order."""
+    nib = _nibabel()
+    data = np.moveaxis(np.asarray(label), 0, -1).astype(np.uint8 if label.max(initial=0) < 256 else np.int16)
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+
+
+class NiftiVolumes:
+    """Cases of ``images{subset}/`` as volumes (labels from ``labels{subset}/``; optional for ``Ts``)."""
+
+    def __init__(self, root: str | Path, subset: str = "Tr", case_ids: list[str] | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: data folder not found")
+        self.label_names = read_label_names(self.root)
+        cases = find_cases(self.root, subset)
+        label_dir = self.root / f"labels{subset}"
+        ext = ".nii.gz" if next(iter(cases.values()))[0].name.endswith(".gz") else ".nii"
+        if case_ids is not None:
+            unknown = [c for c in case_ids if c not in cases]
+            if unknown:
+                raise ValueError(f"{self.root / f'images{subset}'}: no images for case(s) {', '.join(unknown)}")
+            cases = {c: cases[c] for c in case_ids}
+        self.case_ids = list(cases)
+        self.image_files = [cases[c] for c in self.case_ids]
+        if subset == "Tr" or label_dir.is_dir():
+            self.label_files = [label_dir / f"{c}{ext}" for c in self.case_ids]
+            missing = [p for p in self.label_files if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(f"{missing[0]}: label file not found for case {missing[0].name}"
+                                        + (f" ({len(missing)} missing in all)" if len(missing) > 1 else ""))
+        else:
+            self.label_files = [None] * len(self.case_ids)
+        if not self.case_ids:
+            raise ValueError(f"{self.root}: no cases selected")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        return read_volume(self.image_files[index], self.label_files[index], self.num_classes, self.case_ids[index])
+
+    def __repr__(self) -> str:
+        return f"NiftiVolumes({str(self.root)!r}: {len(self)} cases)"
+
+
+class NiftiSlices:
+    """The 2D slices ``volume[d]`` of labelled cases, for slice-wise training like Synapse.
+
+    Samples: image float32 (H, W, C), label int64 (H, W), case_id ``"NAME_slice012"``. Decompressed volumes are
+    kept in an LRU cache of ``cache_bytes`` (per DataLoader worker); with shuffled sampling over data larger than
+    the cache, every access may read a whole volume: raise the cache or convert to npz slices.
+    """
+
+    def __init__(self, root: str | Path, case_ids: list[str] | None = None, cache_bytes: int = 2 << 30):
+        self.volumes = NiftiVolumes(root, "Tr", case_ids)
+        self.index: list[tuple[int, int]] = []  # (volume, slice)
+        for v, files in enumerate(self.volumes.image_files):
+            depth = read_header(files[0])[0][0]
+            self.index.extend((v, d) for d in range(depth))
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[int, dict] = OrderedDict()
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.volumes.label_names
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [f"{self.volumes.case_ids[v]}_slice{d:03d}" for v, d in self.index]
+
+    def _volume(self, v: int) -> dict:
+        if v in self._cache:
+            self._cache.move_to_end(v)
+            return self._cache[v]
+        volume = self.volumes[v]
+        self._cache[v] = volume
+        while len(self._cache) > 1 and sum(x["image"].nbytes + x["label"].nbytes
+                                           for x in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return volume
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int) -> dict:
+        v, d = self.index[index]
+        volume = self._volume(v)
+        image = volume["image"][d]  # (H, W) or (H, W, C)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        return {"image": np.ascontiguousarray(image), "label": np.ascontiguousarray(volume["label"][d]),
+                "case_id": f"{volume['case_id']}_slice{d:03d}"}
+
+    def __repr__(self) -> str:
+        return f"NiftiSlices({str(self.volumes.root)!r}: {len(self.volumes)} cases, {len(self)} slices)"
