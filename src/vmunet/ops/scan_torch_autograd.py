@@ -1,4 +1,10 @@
-"""The selective scan in pure PyTorch, chunked so that Python steps are ~2*sqrt(L), not L.
+"""The chunked selective scan in plain differentiable tensor ops (the "torch" backend before issue 3).
+
+Kept for two jobs: graph tracers (TorchScript, ONNX, torch.compile) see only ordinary ops here, and the
+benchmarks measure it as the "before" of the hand-written backward in scan_torch.py. Its autograd keeps
+several (B, D, L, N) tensors, so prefer ``selective_scan_torch`` for training.
+
+Python steps are ~2*sqrt(L), not L.
 
 The sequence is cut into nc chunks of T steps and laid out as (T, ..., nc), so that step t of
 every chunk is one vectorised op:
@@ -37,7 +43,7 @@ def _to_chunks(x: torch.Tensor, T: int, nc: int) -> torch.Tensor:
     return x.movedim(-1, 0)  # (T, ..., nc)
 
 
-def selective_scan_torch(
+def selective_scan_torch_autograd(
     u: torch.Tensor,
     delta: torch.Tensor,
     A: torch.Tensor,

@@ -1,0 +1,280 @@
+"""Forward and backward loops of the two-level chunked selective scan, and its autograd Function.
+
+Inputs come in the scan's own layout, dt, du: (b, D, L) with D = G * H channels in G groups, dt = delta
+after bias and softplus, du = delta * u; A: (D, N); B, C: (b, G, N, L). Inside, each batch block is copied
+into scratch buffers in chunk layout: the sequence zero-padded to nc chunks of T steps, stored (n, K, T, nc)
+with the chunk index contiguous, so that step t of every chunk is one vectorised op over (G, H, N, nc).
+(This layout is a batch of small 2D transposes, which PyTorch copies ~3x faster than the (T, ..., nc)
+order; the per-step results are written T-major and turned back the same way.)
+
+Recurrence, per channel and state:  h_t = a_t h_{t-1} + du_t B_t,  a_t = exp(dt_t A),  y_t = <C_t, h_t>.
+
+Forward, ~2T + nc Python steps instead of L:
+1. inside every chunk, the recurrence from a zero state -> each chunk's local end state;
+2. across chunks, S_{c+1} = P_c S_c + local end_c, with P_c = exp(A * sum of dt over chunk c);
+3. inside every chunk again, the recurrence from the true start state S_c, contracting with C on the way.
+
+Backward recomputes what it needs from the inputs and the chunk start states S (the only tensor kept
+besides the inputs; (b, G, H, N, nc), T times smaller than the hidden states):
+1. the forward states h_{t-1} of every step and the decays a_t, into scratch buffers;
+2. the adjoint lambda_t = gy_t C_t + a_{t+1} lambda_{t+1} inside every chunk from a zero end;
+3. across chunks (reversed), the adjoint carried into each chunk from the next one;
+4. the adjoint again with its true carry, collecting every gradient on the way.
+
+Exponentials: a = exp2(dt * A * log2(e)) (exp2 is ~3x faster than exp on CPUs) and every exponent is
+dt * A or A * (sum of dt) with dt >= 0 and A < 0 in a model: never the exponential of a large positive
+number, so long sequences and huge steps underflow to 0 instead of overflowing. Nothing divides by a decay.
+
+On the CPU one batch element is processed at a time so that the per-step working set stays in cache; on
+other devices the whole batch goes at once (bigger kernels matter more there than caches).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from vmunet.ops.workspace import scratch
+
+LOG2E = 1.4426950408889634
+
+
+def chunk_length(length: int) -> int:
+    """T ~ sqrt(L) balances the 2T in-chunk steps against the nc = L / T cross-chunk steps."""
+    return max(1, math.isqrt(max(length - 1, 0)) + 1)
+
+
+def _to_chunks(x: torch.Tensor, T: int, out: torch.Tensor) -> torch.Tensor:
+    """(n, K, L) -> out (n, K, T, nc): out[..., t, c] = x[..., c * T + t], zero past L."""
+    n, K, L = x.shape
+    nc = out.shape[-1]
+    full, rest = divmod(L, T)
+    rows_out, rows_in = out.view(n * K, T, nc), x.reshape(n * K, L)
+    if full:
+        rows_out[:, :, :full].copy_(rows_in[:, :full * T].view(n * K, full, T).transpose(1, 2))
+    if rest:
+        rows_out[:, :rest, full].copy_(rows_in[:, full * T:])
+        rows_out[:, rest:, full].zero_()
+    return out
+
+
+def _from_steps(x: torch.Tensor, out: torch.Tensor, slot: str) -> torch.Tensor:
+    """(T, n, K, nc) written step by step -> out (n, K, L), dropping the padding."""
+    T, n, K, nc = x.shape
+    L = out.shape[-1]
+    mid = scratch(slot, (n * K, T, nc), x)
+    mid.view(n, K, T, nc).copy_(x.permute(1, 2, 0, 3))  # runs of nc: a cheap copy
+    rows_out = out.reshape(n * K, L)
+    full, rest = divmod(L, T)
+    if full:
+        rows_out[:, :full * T].view(n * K, full, T).copy_(mid[:, :, :full].transpose(1, 2))
+    if rest:
+        rows_out[:, full * T:].copy_(mid[:, :rest, full])
+    return out
+
+
+def _batch_block(x: torch.Tensor) -> int:
+    return 1 if x.device.type == "cpu" else x.shape[0]
+
+
+def _chunk_decay(dt_c: torch.Tensor, A2: torch.Tensor) -> torch.Tensor:
+    """P = exp(A * sum of dt over each chunk): dt_c (n, G, H, T, nc) -> (n, G, H, N, nc), nc-major in memory."""
+    total = dt_c.sum(3).movedim(-1, 0).unsqueeze(-1)  # (nc, n, G, H, 1)
+    return torch.exp2(total * A2.squeeze(-1)).movedim(0, -1)  # (n, G, H, N, nc)
+
+
+def _carry(local: torch.Tensor, decay: torch.Tensor, first: torch.Tensor | None, reverse: bool,
+           out: torch.Tensor) -> torch.Tensor:
+    """The cross-chunk recurrence carry_{c+1} = decay_c * carry_c + local_c (from the right if reverse).
+
+    local, decay: (n, G, H, N, nc); first: (n, G, H, N) or None (zero). Writes the carry *into* each chunk
+    to out (n, G, H, N, nc) and returns the carry out of the whole sequence (n, G, H, N).
+    """
+    local_c = local.movedim(-1, 0).contiguous()  # (nc, n, G, H, N): contiguous steps
+    decay_c = decay.movedim(-1, 0)  # (nc, n, G, H, N), contiguous as _chunk_decay made it
+    nc = local_c.shape[0]
+    carry = torch.empty_like(local_c)  # (nc, n, G, H, N)
+    order = range(nc - 1, -1, -1) if reverse else range(nc)
+    previous = None
+    for c in order:
+        if previous is None and first is None:
+            carry[c].zero_()
+        elif previous is None:
+            carry[c].copy_(first)
+        else:
+            torch.addcmul(local_c[previous], decay_c[previous], carry[previous], out=carry[c])
+        previous = c
+    out.copy_(carry.movedim(0, -1))
+    return torch.addcmul(local_c[previous], decay_c[previous], carry[previous])
+
+
+class _Block:
+    """One batch block's inputs copied into chunk layout, and the per-step views of them."""
+
+    def __init__(self, dt, du, B, C, rows, T, nc):
+        n, G = dt[rows].shape[0], B.shape[1]
+        N = B.shape[2]
+        H = dt.shape[1] // G
+        self.dt = _to_chunks(dt[rows], T, scratch("dt", (n, G, H, T, nc), dt).view(n, G * H, T, nc)).view(
+            n, G, H, T, nc)
+        self.du = _to_chunks(du[rows], T, scratch("du", (n, G, H, T, nc), dt).view(n, G * H, T, nc)).view(
+            n, G, H, T, nc)
+        self.B = _to_chunks(B[rows].flatten(1, 2), T, scratch("B", (n, G, N, T, nc), dt).view(n, G * N, T, nc)).view(
+            n, G, N, T, nc)
+        self.C = _to_chunks(C[rows].flatten(1, 2), T, scratch("C", (n, G, N, T, nc), dt).view(n, G * N, T, nc)).view(
+            n, G, N, T, nc)
+        self.shape = (n, G, H, N, nc)
+
+    def channel(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return x[:, :, :, t].unsqueeze(3)  # (n, G, H, 1, nc)
+
+    def state(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        return x[:, :, :, t].unsqueeze(2)  # (n, G, 1, N, nc)
+
+
+def _blocks(dt, du, B, C, T, nc):
+    step = _batch_block(dt)
+    for i in range(0, dt.shape[0], step):
+        rows = slice(i, i + step)
+        yield rows, _Block(dt, du, B, C, rows, T, nc)
+
+
+def chunked_forward(dt, du, A, B, C, keep_starts: bool):
+    """Returns y (b, D, L), the chunk start states (b, G, H, N, nc) or None, the last state (b, D, N)."""
+    b, D, L = dt.shape
+    G, N = B.shape[1], A.shape[1]
+    T = chunk_length(L)
+    nc = max(1, -(-L // T))
+    A2 = (A * LOG2E).view(G, D // G, N, 1)  # (G, H, N, 1)
+    y = dt.new_empty(b, D, L)
+    starts = dt.new_empty(b, G, D // G, N, nc) if keep_starts else None
+    last = dt.new_empty(b, G, D // G, N)
+    for rows, blk in _blocks(dt, du, B, C, T, nc):
+        n = blk.shape[0]
+        decay = scratch("decay", (T, *blk.shape), dt)  # a_t of every step, computed once
+        h = scratch("state", blk.shape, dt)
+        prod = scratch("product", blk.shape, dt)
+        y_steps = scratch("y", (T, n, G, D // G, nc), dt)
+        start = starts[rows] if keep_starts else scratch("starts", blk.shape, dt)
+
+        # 1. local recurrence from zero; only the chunk-end states are kept
+        for t in range(T):
+            torch.mul(blk.channel(blk.dt, t), A2, out=decay[t]).exp2_()
+            du_t, B_t = blk.channel(blk.du, t), blk.state(blk.B, t)
+            if t == 0:
+                torch.mul(du_t, B_t, out=h)
+            else:
+                h.mul_(decay[t]).addcmul_(du_t, B_t)
+
+        # 2. chunk start states
+        last[rows] = _carry(h, _chunk_decay(blk.dt, A2), None, reverse=False, out=start)
+
+        # 3. the recurrence from the true start states, contracted with C
+        for t in range(T):
+            torch.mul(start if t == 0 else h, decay[t], out=h).addcmul_(blk.channel(blk.du, t), blk.state(blk.B, t))
+            torch.sum(torch.mul(h, blk.state(blk.C, t), out=prod), 3, out=y_steps[t])
+        _from_steps(y_steps.flatten(2, 3), y[rows], "y_rows")
+    return y, starts, last.flatten(1, 2)
+
+
+def chunked_backward(gy, g_last, dt, du, A, B, C, starts, needs):
+    """Gradients (dt, du, A, B, C), each None unless its entry of ``needs`` is true.
+
+    gy: (b, D, L) gradient of y; g_last: (b, D, N) gradient of the last state, or None. The dt gradient
+    is only the part through the decays a_t; du's part is the caller's (du = dt * u).
+    """
+    need_dt, need_du, need_A, need_B, need_C = needs[:5]
+    b, D, L = dt.shape
+    G, N = B.shape[1], A.shape[1]
+    H = D // G
+    T = chunk_length(L)
+    nc = max(1, -(-L // T))
+    A2 = (A * LOG2E).view(G, H, N, 1)
+    A1 = A.view(G, H, N, 1)
+    g_dt = torch.empty_like(dt) if need_dt else None
+    g_du = torch.empty_like(du) if need_du else None
+    g_B = torch.empty_like(B) if need_B else None
+    g_C = torch.empty_like(C) if need_C else None
+    g_A = torch.zeros(G, H, N, dtype=A.dtype, device=A.device) if need_A else None
+    need_states = need_dt or need_A or need_C
+    for rows, blk in _blocks(dt, du, B, C, T, nc):
+        n = blk.shape[0]
+        gy_c = _to_chunks(gy[rows], T, scratch("gy", (n, G, H, T, nc), dt).view(n, D, T, nc)).view(n, G, H, T, nc)
+        decay = scratch("decay", (T, *blk.shape), dt)
+        # states[t] = h_{t-1}, states[T] = h_{T-1}
+        states = scratch("states", (T + 1, *blk.shape), dt) if need_states else None
+        adj = scratch("adjoint", blk.shape, dt)
+        prod = scratch("product", blk.shape, dt)
+        carry_in = scratch("carry", blk.shape, dt)
+        steps = {name: scratch(f"grad_{name}", (T, n, G, size, nc), dt)
+                 for name, size, needed in (("dt", H, need_dt), ("du", H, need_du), ("B", N, need_B), ("C", N, need_C))
+                 if needed}
+        if need_A:
+            acc_A = scratch("grad_A", blk.shape, dt).zero_()
+
+        # 1. decays and forward states, from the saved chunk start states
+        if need_states:
+            states[0].copy_(starts[rows])
+        for t in range(T):
+            torch.mul(blk.channel(blk.dt, t), A2, out=decay[t]).exp2_()
+            if need_states:
+                torch.mul(states[t], decay[t], out=states[t + 1]).addcmul_(blk.channel(blk.du, t), blk.state(blk.B, t))
+
+        # 2. local adjoint from a zero end; leaves a_{t0} lambda_{t0} of every chunk
+        for t in range(T - 1, -1, -1):
+            gy_t, C_t = blk.channel(gy_c, t), blk.state(blk.C, t)
+            if t == T - 1:
+                torch.mul(gy_t, C_t, out=adj)
+            else:
+                adj.addcmul_(gy_t, C_t)
+            adj.mul_(decay[t])
+
+        # 3. carry into every chunk from its right; into the last one, the last state's gradient
+        first = None if g_last is None else g_last[rows].reshape(n, G, H, N)
+        _carry(adj, _chunk_decay(blk.dt, A2), first, reverse=True, out=carry_in)
+
+        # 4. the adjoint with its true carry, and every gradient on the way
+        adj.copy_(carry_in)
+        for t in range(T - 1, -1, -1):
+            gy_t = blk.channel(gy_c, t)
+            adj.addcmul_(gy_t, blk.state(blk.C, t))  # lambda_t = dL/dh_t
+            if need_B:
+                torch.sum(torch.mul(adj, blk.channel(blk.du, t), out=prod), 2, out=steps["B"][t])
+            if need_du:
+                torch.sum(torch.mul(adj, blk.state(blk.B, t), out=prod), 3, out=steps["du"][t])
+            if need_C:
+                torch.sum(torch.mul(states[t + 1], gy_t, out=prod), 2, out=steps["C"][t])
+            adj.mul_(decay[t])  # lambda_t a_t, carried to step t - 1
+            if need_dt or need_A:
+                torch.mul(adj, states[t], out=prod)  # lambda_t a_t h_{t-1} = dL/d(dt_t A)
+                if need_A:
+                    acc_A.addcmul_(prod, blk.channel(blk.dt, t))
+                if need_dt:
+                    torch.sum(prod.mul_(A1), 3, out=steps["dt"][t])
+
+        for name, grad in (("dt", g_dt), ("du", g_du), ("B", g_B), ("C", g_C)):
+            if grad is not None:
+                _from_steps(steps[name].flatten(2, 3), grad[rows].view(n, -1, L), "grad_rows")
+        if need_A:
+            g_A += acc_A.sum((0, 4))
+    return g_dt, g_du, None if g_A is None else g_A.view(D, N), g_B, g_C
+
+
+class ChunkedScan(torch.autograd.Function):
+    """y, last = ChunkedScan.apply(dt, du, A, B, C): y (b, D, L), last (b, D, N). Keeps only its inputs and
+    the chunk start states for backward, never a (b, D, L, N) tensor."""
+
+    @staticmethod
+    def forward(ctx, dt, du, A, B, C):
+        y, starts, last = chunked_forward(dt, du, A, B, C, keep_starts=True)
+        ctx.save_for_backward(dt, du, A, B, C, starts)
+        ctx.set_materialize_grads(False)
+        return y, last
+
+    @staticmethod
+    def backward(ctx, gy, g_last):
+        dt, du, A, B, C, starts = ctx.saved_tensors
+        if gy is None:
+            gy = torch.zeros_like(dt)
+        return chunked_backward(gy.contiguous(), g_last, dt, du, A, B, C, starts, ctx.needs_input_grad)
