@@ -50,6 +50,8 @@ class TrainConfig:
     val_interval: int = 1  # validate every N epochs (and at the last one)
     max_steps_per_epoch: int | None = None  # cap, for smoke tests and demos
     accumulate: int = 1  # gradient accumulation steps
+    drop_path_rate: float | None = None  # None: the model preset's (paper: 0.2)
+    dist_timeout_minutes: float = 30.0  # a dead rank fails the job after this long instead of hanging
     detect_anomaly: bool = False
 
     def validate(self) -> TrainConfig:

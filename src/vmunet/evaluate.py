@@ -1,0 +1,123 @@
+"""Evaluation: score a run folder's model on a split with the dataset's protocol.
+
+- 2D images (ISIC): probabilities are resized back to each image's own size (bilinear) before the
+  threshold, so metrics are computed at the image's resolution, not the network's (a defect of the
+  official code); pooled-pixel metrics (the paper's) beside per-image means.
+- Volumes (Synapse, NIfTI, the demo): slice-wise prediction along the first axis, probabilities resized
+  back to the slice size, argmax, then per-organ DSC and HD95 per case (HD95 in mm when the spacing is
+  known, in voxels otherwise, as the Synapse protocol), mean over organs and cases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vmunet.config import config_from_dict
+from vmunet.engine import predict_probabilities, probabilities_to_labels, resolve_device
+from vmunet.runs import RunInfo, load_model_from_run, read_config_dict, write_text_atomic
+
+
+def network_input(image: np.ndarray, info: RunInfo) -> torch.Tensor:
+    """(H, W[, C]) raw image -> (C, S, S) float32 normalised and resized as in training."""
+    from vmunet.data.transforms import eval_transform
+
+    image = image[..., None] if image.ndim == 2 else image
+    label = np.zeros(image.shape[:2], dtype=np.int64)
+    tensor, _ = eval_transform(info.image_size, info.normalization)(image, label, np.random.default_rng(0))
+    return tensor
+
+
+def predict_labels(model, info: RunInfo, images: list[np.ndarray], device, batch_size: int) -> list[np.ndarray]:
+    """Label maps at each image's own size for a list of same-size (H, W[, C]) images."""
+    batch = torch.stack([network_input(image, info) for image in images])  # (N, C, S, S)
+    probs = predict_probabilities(model, batch, out_size=images[0].shape[:2], batch_size=batch_size, device=device)
+    return list(probabilities_to_labels(probs).numpy())
+
+
+def progress_bar(iterable, total: int, description: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_size: int = 8,
+                   progress: bool = True) -> dict:
+    """{"summary": dict, "rows": per-case dicts, "table": printable text} for 2D images or volumes."""
+    from vmunet import metrics
+
+    device = resolve_device(device) if isinstance(device, str) else device
+    model = model.to(device).eval()
+    classes = max(info.num_classes, 2)  # one sigmoid output = background + lesion
+    names = info.label_names if len(info.label_names) == classes else default_names(classes)
+    rows, masks, truths = [], [], []
+    for index in progress_bar(range(len(cases)), len(cases), f"evaluating {kind}", progress):
+        case = cases[index]
+        if kind == "images":
+            pred = predict_labels(model, info, [case["image"]], device, batch_size)[0]
+        else:
+            volume = case["image"]  # (D, H, W)
+            pred = np.concatenate([np.stack(predict_labels(model, info, list(volume[start:start + batch_size]),
+                                                           device, batch_size))
+                                   for start in range(0, volume.shape[0], batch_size)])
+        if info.num_classes == 1:
+            masks.append(pred.astype(bool))
+            truths.append(case["label"].astype(bool))
+        rows.append(metrics.synapse_case_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
+                                                 case_id=case["case_id"]))
+    summary = metrics.summarize_cases(rows, names)
+    summary["cases"] = len(rows)
+    table = metrics.format_table(rows, names, per_case=kind == "volumes")
+    if info.num_classes == 1:  # the ISIC protocol: pixels pooled over all images, and the per-image mean
+        summary["pooled"] = metrics.pooled_binary_metrics(masks, truths)
+        summary["per_image_mean"] = metrics.per_image_binary_metrics(masks, truths)
+        table += "\n\n" + binary_table(summary["pooled"], summary["per_image_mean"])
+    return {"summary": summary, "rows": rows, "table": table, "class_names": names}
+
+
+def default_names(classes: int) -> list[str]:
+    return ["background"] + [f"class {k}" for k in range(1, classes)]
+
+
+def binary_table(pooled: dict, per_image: dict) -> str:
+    keys = ["miou", "dsc", "acc", "spe", "sen"]
+    lines = [f"{'':<22}" + "".join(f"{k.upper():>9}" for k in keys),
+             f"{'pooled pixels (paper)':<22}" + "".join(f"{100 * pooled[k]:>9.2f}" for k in keys),
+             f"{'per-image mean':<22}" + "".join(f"{100 * per_image[k]:>9.2f}" for k in keys)]
+    return "\n".join(lines)
+
+
+def write_evaluation(run_dir: str | Path, evaluation: dict) -> None:
+    """eval/summary.json and eval/per_case.csv, each written whole or not at all."""
+    from vmunet import metrics
+
+    eval_dir = Path(run_dir) / "eval"
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(eval_dir / "summary.json", json.dumps(evaluation["summary"], indent=2, default=float) + "\n")
+    partial = eval_dir / ".per_case.csv.tmp"
+    metrics.write_per_case_csv(partial, evaluation["rows"], evaluation["class_names"])
+    os.replace(partial, eval_dir / "per_case.csv")
+
+
+def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str = "test", checkpoint: str = "best",
+             device: str = "auto", batch_size: int = 8, allow_pickle: bool = False, progress: bool = True,
+             echo=print) -> dict:
+    """Evaluate a run on ``split`` of its dataset; writes RUN_DIR/eval/{summary.json, per_case.csv}."""
+    from vmunet.splits import evaluation_cases
+
+    model, info, payload = load_model_from_run(run_dir, checkpoint, allow_pickle=allow_pickle)
+    config = config_from_dict(read_config_dict(run_dir))
+    kind, cases = evaluation_cases(config, data_dir, split)
+    if len(cases) == 0:
+        raise ValueError(f"the {split} split of {data_dir or config.data} is empty")
+    evaluation = evaluate_cases(model, info, kind, cases, device=device, batch_size=batch_size, progress=progress)
+    evaluation["summary"].update(split=split, checkpoint=checkpoint, epoch=payload.get("epoch"))
+    write_evaluation(run_dir, evaluation)
+    echo(evaluation["table"])
+    return evaluation

@@ -1,0 +1,345 @@
+"""Training: ``train(config, run_dir)`` fits VM-UNet and writes a self-describing run folder.
+
+Runs are resumable: every epoch ends with an atomic ``last.pt`` (model, optimizer, scheduler, epoch,
+RNG states); each epoch reseeds every generator from (seed, epoch) and the data pipeline draws its
+augmentation from (seed, epoch, index), so a killed run resumed with ``resume=True`` finishes with the
+same weights and history as an uninterrupted one (on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+import vmunet
+from vmunet.config import TrainConfig, config_from_dict
+from vmunet.distributed import (DistInfo, EpochSampler, all_finite, barrier, init_distributed, mean_over_ranks,
+                                shutdown_distributed)
+from vmunet.engine import autocast, needs_grad_scaler, seed_everything
+from vmunet.models import create_model, load_pretrained_vmamba
+from vmunet.runs import (RunInfo, checkpoint_dir, load_checkpoint, load_weights, read_config_dict, save_checkpoint,
+                         write_config, write_run_info, write_text_atomic)
+from vmunet.splits import TrainingData, prepare_training_data
+
+logger = logging.getLogger(__name__)
+
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    history: list[dict]
+    best_epoch: int | None
+    best_score: float | None
+
+
+def no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    """Norms, biases, D and A_logs are spared weight decay (what the official code meant to do)."""
+    return param.ndim <= 1 or name.endswith("A_logs") or name.endswith("Ds")
+
+
+def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if config.paper_weight_decay:
+        return [{"params": [p for _, p in params], "weight_decay": config.weight_decay}]
+    return [{"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": config.weight_decay},
+            {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0}]
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before training if the run folder cannot be written (read-only, disk full)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * 65536)
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+    except OSError as error:
+        raise ValueError(f"{run_dir}: run folder is not writable ({error.strerror or error})") from None
+
+
+def read_history(run_dir: Path, upto_epoch: int) -> list[dict]:
+    path = run_dir / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [row for row in csv.DictReader(handle) if int(row["epoch"]) <= upto_epoch]
+
+
+def write_history(run_dir: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(run_dir / "history.csv", buffer.getvalue())
+
+
+def rng_states() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist()}
+
+
+class SummaryWriterOrNone:
+    """TensorBoard event files when tensorboard is installed; silently nothing is not an option: log it."""
+
+    def __init__(self, log_dir: Path, enabled: bool):
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                logger.warning("tensorboard is not installed (pip install 'vmunet[tensorboard]'): no event files")
+            else:
+                self.writer = SummaryWriter(str(log_dir))
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                if value is not None and value == value:
+                    self.writer.add_scalar(key, float(value), step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class CorruptThenAugment:
+    """A picklable transform (DataLoader workers): corruption of the raw image, then the recipe."""
+
+    def __init__(self, corrupt, augment):
+        self.corrupt, self.augment = corrupt, augment
+
+    def __call__(self, image, label, rng):
+        return self.augment(self.corrupt(image, rng), label, rng)
+
+
+def build_datasets(config: TrainConfig, data: TrainingData):
+    from vmunet.data import SegmentationDataset
+    from vmunet.data.transforms import eval_transform, train_transform
+
+    augment = train_transform(config.augmentation, config.image_size, config.normalization)
+    if data.corrupt is not None:
+        augment = CorruptThenAugment(data.corrupt, augment)
+    train_set = SegmentationDataset(data.train, augment, seed=config.seed)
+    val_set = SegmentationDataset(data.val, eval_transform(config.image_size, config.normalization),
+                                  seed=config.seed) if len(data.val) else None
+    return train_set, val_set
+
+
+def prepare_run(config: TrainConfig, run_dir: Path, resume: bool) -> TrainConfig:
+    """Check the folder, and on resume take the saved config (a larger --epochs may extend the run)."""
+    check_writable(run_dir)
+    last = checkpoint_dir(run_dir) / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise FileNotFoundError(f"{last}: nothing to resume (no last checkpoint in the run folder)")
+        saved = config_from_dict(read_config_dict(run_dir))
+        if config.epochs != saved.epochs:
+            saved.epochs = config.epochs
+        return saved
+    if last.is_file():
+        raise ValueError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --run-dir")
+    return config
+
+
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: TrainingData | None = None,
+          progress: bool = True, echo=print) -> TrainResult:
+    """Train and return the history; ``data`` overrides the folder readers (used by the demo).
+
+    Under torchrun every rank calls this; only rank 0 writes the run folder.
+    """
+    run_dir = Path(run_dir)
+    dist_info, device = init_distributed(config.device, config.dist_timeout_minutes)
+    try:
+        return _train(config, run_dir, resume, data, progress and dist_info.is_main,
+                      echo if dist_info.is_main else (lambda *a, **k: None), dist_info, device)
+    finally:
+        shutdown_distributed()
+
+
+def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, device) -> TrainResult:
+    if dist_info.is_main:
+        config = prepare_run(config, run_dir, resume)
+    barrier(dist_info)
+    if not dist_info.is_main and resume:
+        config = prepare_run(config, run_dir, resume)  # every rank resumes from the same saved config
+    data = data or prepare_training_data(config)
+    seed_everything(config.seed)  # the initial weights, identical on every rank
+    model = create_model(config.model, num_classes=data.num_classes, input_channels=data.input_channels,
+                         scan_backend=config.scan_backend,
+                         **({} if config.drop_path_rate is None else {"drop_path_rate": config.drop_path_rate}))
+    if config.pretrained and not resume:
+        echo(load_pretrained_vmamba(model, config.pretrained).summary())
+    model.to(device)
+    optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=tuple(config.betas),
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.t_max, eta_min=config.eta_min)
+    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, config.amp) else None
+    from vmunet.losses import build_loss
+
+    loss_fn = build_loss(data.num_classes)
+
+    start_epoch, best_score, best_epoch = 0, -math.inf, None
+    if resume:  # every rank loads the same checkpoint
+        payload = load_checkpoint(checkpoint_dir(run_dir) / "last.pt")
+        load_weights(model, payload["model"], "last.pt")
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        if scaler is not None and payload.get("scaler"):
+            scaler.load_state_dict(payload["scaler"])
+        start_epoch, best_epoch = int(payload["epoch"]), payload.get("best_epoch")
+        best_score = payload.get("best_score", -math.inf)
+        echo(f"resuming {run_dir} after epoch {start_epoch}")
+    history = read_history(run_dir, start_epoch) if dist_info.is_main else []
+
+    if dist_info.is_main:
+        write_config(run_dir, {**config.to_dict(), "num_classes": data.num_classes,
+                               "input_channels": data.input_channels, "label_names": data.label_names})
+        write_run_info(run_dir, RunInfo(model_preset=config.model, model_config=dict(model.config),
+                                        label_names=data.label_names, normalization=config.normalization,
+                                        image_size=config.image_size, dataset=config.dataset,
+                                        version=vmunet.__version__))
+    train_set, val_set = build_datasets(config, data)
+    sampler = EpochSampler(len(train_set), config.seed, dist_info.rank, dist_info.world_size)
+    network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist_info.enabled else model
+    global_batch = config.batch_size * dist_info.world_size * config.accumulate
+    echo(f"training on {len(data.train)} samples, selecting on {len(data.val)} ({data.val_source}); "
+         f"batch {config.batch_size} per process x {dist_info.world_size} process(es) x accumulate "
+         f"{config.accumulate} = global batch {global_batch}; device {device}")
+    board = SummaryWriterOrNone(run_dir / "tensorboard", enabled=dist_info.is_main)
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            train_loss = train_one_epoch(network, train_set, sampler, loss_fn, optimizer, scaler, config, device,
+                                         epoch, progress, dist_info)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            if not dist_info.is_main:
+                barrier(dist_info)  # rank 0 validates and writes the checkpoints meanwhile
+                continue
+            val_loss, val_dice = math.nan, math.nan
+            last_epoch = epoch + 1 == config.epochs
+            if val_set is not None and ((epoch + 1) % config.val_interval == 0 or last_epoch):
+                val_loss, val_dice = validate(model, val_set, loss_fn, config, device, data.num_classes, progress)
+            row = {"epoch": epoch + 1, "train_loss": f"{train_loss:.6f}", "val_loss": f"{val_loss:.6f}",
+                   "val_dice": f"{val_dice:.6f}", "lr": f"{lr:.8g}",
+                   "seconds": f"{time.perf_counter() - started:.2f}"}
+            history.append(row)
+            # Without a selection set the last epoch is the best one.
+            score = val_dice if val_set is not None else float(epoch)
+            improved = score == score and score > best_score
+            if improved:
+                best_score, best_epoch = score, epoch + 1
+            payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                       "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch,
+                       "rng": rng_states(), "version": vmunet.__version__, "model_config": dict(model.config)}
+            save_checkpoint(checkpoint_dir(run_dir) / "last.pt", payload)
+            if improved:
+                save_checkpoint(checkpoint_dir(run_dir) / "best.pt", payload)
+            write_history(run_dir, history)
+            board.scalars({"loss/train": train_loss, "loss/val": val_loss, "dice/val": val_dice, "lr": lr},
+                          epoch + 1)
+            echo(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
+                 f"val dice {val_dice:.4f}, lr {lr:.2e}, {float(row['seconds']):.1f} s"
+                 + (" *best*" if improved and val_set is not None else ""))
+            barrier(dist_info)
+    finally:
+        board.close()
+    return TrainResult(run_dir, history, best_epoch, None if best_epoch is None else best_score)
+
+
+def progress_bar(iterable, total: int, description: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
+
+
+def train_one_epoch(network, dataset, sampler: EpochSampler, loss_fn, optimizer, scaler, config: TrainConfig,
+                    device, epoch: int, progress: bool, dist_info: DistInfo) -> float:
+    """One pass over the epoch's samples; returns the mean training loss over all ranks."""
+    seed_everything(config.seed + 7919 * dist_info.rank, epoch)  # drop-path masks differ per rank
+    dataset.set_epoch(epoch)
+    sampler.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                        pin_memory=device.type == "cuda")
+    steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
+    network.train()
+    optimizer.zero_grad(set_to_none=True)
+    total, count = 0.0, 0
+    bar = progress_bar(loader, steps, f"epoch {epoch + 1}/{config.epochs}", progress)
+    with torch.autograd.set_detect_anomaly(config.detect_anomaly):
+        for step, (images, labels) in enumerate(bar):
+            if step >= steps:
+                break
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast(device, config.amp):
+                logits = network(images)
+            loss = loss_fn(logits.float(), labels)
+            if not all_finite(loss, dist_info):
+                raise NonFiniteLossError(f"loss is not finite at epoch {epoch + 1}, step {step + 1}; stopped "
+                                         "without saving (the last good checkpoint is kept); try a lower lr, "
+                                         "no --amp, or --detect-anomaly to find the operation")
+            update = (step + 1) % config.accumulate == 0 or step + 1 == steps
+            # Gradients are only all-reduced on the micro-step that updates.
+            sync = network.no_sync() if dist_info.enabled and not update else contextlib.nullcontext()
+            with sync:
+                backward_loss = loss / config.accumulate
+                (scaler.scale(backward_loss) if scaler else backward_loss).backward()
+            if update:
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            total += loss.item() * images.shape[0]
+            count += images.shape[0]
+            if progress and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{total / count:.4f}")
+    return mean_over_ranks(total, count, dist_info, device)
+
+
+@torch.no_grad()
+def validate(model, dataset, loss_fn, config: TrainConfig, device, num_classes: int, progress: bool):
+    """Mean loss and mean foreground Dice pooled over the selection set, at the network size."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+    classes = max(num_classes, 2)
+    tp, fp, fn = (torch.zeros(classes, dtype=torch.float64) for _ in range(3))
+    total, count = 0.0, 0
+    for images, labels in progress_bar(loader, len(loader), "validation", progress):
+        images, labels = images.to(device), labels.to(device)
+        with autocast(device, config.amp):
+            logits = model(images)
+        total += loss_fn(logits.float(), labels).item() * images.shape[0]
+        count += images.shape[0]
+        pred = (logits[:, 0] >= 0).long() if num_classes == 1 else logits.argmax(1)
+        pred, labels = pred.flatten().cpu(), labels.flatten().cpu()
+        tp += torch.bincount(labels[pred == labels], minlength=classes)[:classes].double()
+        fp += torch.bincount(pred[pred != labels], minlength=classes)[:classes].double()
+        fn += torch.bincount(labels[pred != labels], minlength=classes)[:classes].double()
+    dice = 2 * tp[1:] / (2 * tp[1:] + fp[1:] + fn[1:]).clamp(min=1)
+    return total / max(count, 1), dice.mean().item()

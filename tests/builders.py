@@ -1,0 +1,68 @@
+"""Tiny datasets in the layouts users bring, written by the tests themselves."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def blob_image(rng, height, width, channels=3):
+    """A bright disc on a noisy background, and its mask: learnable but not trivial."""
+    yy, xx = np.mgrid[:height, :width]
+    cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
+    radius = rng.uniform(0.15, 0.3) * min(height, width)
+    mask = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius ** 2
+    image = rng.normal(80, 20, size=(height, width, channels)) + 100 * mask[..., None]
+    return np.clip(image, 0, 255).astype(np.uint8), mask
+
+
+def make_isic(root: Path, counts=None, size=(32, 32), seed=0, official_names=False) -> Path:
+    rng = np.random.default_rng(seed)
+    counts = counts or {"train": 8, "val": 3}
+    for split, count in counts.items():
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image, mask = blob_image(rng, *size)
+            stem = f"ISIC_{split}{i:05d}"
+            Image.fromarray(image).save(root / split / "images" / f"{stem}.png")
+            mask_name = f"{stem}_segmentation.png" if official_names else f"{stem}.png"
+            Image.fromarray((mask * 255).astype(np.uint8)).save(root / split / "masks" / mask_name)
+    return root
+
+
+def organ_volume(rng, depth, height, width, num_classes=9):
+    """Label volume with a few box 'organs' and an image whose intensity depends on the label."""
+    label = np.zeros((depth, height, width), np.uint8)
+    for organ in range(1, num_classes):
+        if rng.random() < 0.3:
+            continue  # some organs absent, as in real cases
+        z0, y0, x0 = rng.integers(0, depth - 2), rng.integers(0, height - 6), rng.integers(0, width - 6)
+        label[z0:z0 + 3, y0:y0 + 6, x0:x0 + 6] = organ
+    image = (label / num_classes + rng.normal(0, 0.05, label.shape)).astype(np.float32)
+    return image, label
+
+
+def make_synapse(root: Path, train_cases=3, test_cases=2, depth=4, size=(32, 32), seed=0) -> Path:
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    (root / "train_npz").mkdir(parents=True)
+    (root / "test_vol_h5").mkdir(parents=True)
+    (root / "lists" / "lists_Synapse").mkdir(parents=True)
+    train_names, test_names = [], []
+    for case in range(train_cases):
+        image, label = organ_volume(rng, depth, *size)
+        for z in range(depth):
+            name = f"case{case:04d}_slice{z:03d}"
+            np.savez(root / "train_npz" / f"{name}.npz", image=image[z], label=label[z].astype(np.float32))
+            train_names.append(name)
+    for case in range(100, 100 + test_cases):
+        image, label = organ_volume(rng, depth, *size)
+        name = f"case{case:04d}"
+        with h5py.File(root / "test_vol_h5" / f"{name}.npy.h5", "w") as f:
+            f["image"], f["label"] = image, label.astype(np.float32)
+        test_names.append(name)
+    (root / "lists" / "lists_Synapse" / "train.txt").write_text("\n".join(train_names) + "\n")
+    (root / "lists" / "lists_Synapse" / "test_vol.txt").write_text("\n".join(test_names) + "\n")
+    return root

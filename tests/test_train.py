@@ -1,0 +1,108 @@
+"""Training, evaluation and resumption end to end on tiny datasets written by the tests."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from builders import make_isic, make_synapse
+from vmunet.config import build_config
+from vmunet.evaluate import evaluate
+from vmunet.runs import load_checkpoint, read_run_info
+from vmunet.train import train
+
+
+def tiny_config(preset, data, **extra):
+    values = {"data": str(data), "model": "vmunet-tiny", "epochs": 2, "batch_size": 4, "image_size": 32,
+              "t_max": 2, "scan_backend": "ref", **extra}
+    return build_config(preset, overrides=values)
+
+
+def read_history(run_dir):
+    with open(run_dir / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def isic_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("isic")
+    data = make_isic(root / "data", counts={"train": 10, "val": 4})
+    run_dir = root / "run"
+    result = train(tiny_config("isic18", data), run_dir, progress=False, echo=lambda *a: None)
+    return data, run_dir, result
+
+
+def test_isic_run_folder_describes_itself(isic_run):
+    data, run_dir, result = isic_run
+    for name in ("config.yaml", "run.json", "history.csv", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run_dir / name).is_file(), name
+    assert any((run_dir / "tensorboard").iterdir())
+    history = read_history(run_dir)
+    assert [row["epoch"] for row in history] == ["1", "2"]
+    assert set(history[0]) == {"epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds"}
+    info = read_run_info(run_dir)
+    assert (info.num_classes, info.input_channels, info.normalization, info.image_size) == (1, 3, "minmax255", 32)
+    payload = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert {"model", "optimizer", "scheduler", "epoch", "rng", "version"} <= set(payload)
+    assert payload["epoch"] == 2
+    assert all(key.startswith("vmunet.") for key in payload["model"])
+
+
+def test_isic_selection_holds_out_training_images_not_the_val_folder(isic_run):
+    data, run_dir, result = isic_run
+    config = build_config(None, run_dir / "config.yaml")
+    assert not config.paper_selection
+    # the held-out selection images come from train/, and 'val' evaluation uses exactly them
+    from vmunet.splits import evaluation_cases
+
+    kind, held = evaluation_cases(config, data, "val")
+    assert kind == "images" and len(held) == 1 and all(c.startswith("ISIC_train") for c in held.case_ids)
+    kind, test = evaluation_cases(config, data, "test")
+    assert len(test) == 4 and all(c.startswith("ISIC_val") for c in test.case_ids)
+
+
+def test_evaluate_reproduces_the_selection_metric_of_best_checkpoint(isic_run):
+    data, run_dir, result = isic_run
+    evaluation = evaluate(run_dir, split="val", progress=False, echo=lambda *a: None)
+    best = read_history(run_dir)[result.best_epoch - 1]
+    # images are already at the network size, so the pooled DSC equals the training-time validation Dice
+    assert evaluation["summary"]["pooled"]["dsc"] == pytest.approx(float(best["val_dice"]), abs=1e-6)
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert summary["epoch"] == result.best_epoch
+    assert (run_dir / "eval" / "per_case.csv").is_file()
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    data = make_isic(tmp_path / "data", counts={"train": 8, "val": 2})
+    full = tmp_path / "full"
+    train(tiny_config("isic18", data), full, progress=False, echo=lambda *a: None)
+    part = tmp_path / "part"
+    train(tiny_config("isic18", data, epochs=1), part, progress=False, echo=lambda *a: None)  # "killed" here
+    train(tiny_config("isic18", data), part, resume=True, progress=False, echo=lambda *a: None)
+    a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    assert strip(read_history(full)) == strip(read_history(part))
+
+
+def test_existing_run_is_not_overwritten(isic_run, tmp_path):
+    data, run_dir, _ = isic_run
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        train(tiny_config("isic18", data), run_dir, progress=False, echo=lambda *a: None)
+
+
+def test_synapse_run_and_per_organ_evaluation(tmp_path):
+    data = make_synapse(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    lines = []
+    train(tiny_config("synapse", data), run_dir, progress=False, echo=lines.append)
+    assert "training cases held out" in lines[0]
+    evaluation = evaluate(run_dir, split="test", progress=False, echo=lines.append)
+    assert evaluation["summary"]["cases"] == 2
+    assert "aorta" in lines[-1] and "stomach" in lines[-1]
+    with open(run_dir / "eval" / "per_case.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["case_id"] for row in rows[:2]] == ["case0100", "case0101"]
