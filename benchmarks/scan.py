@@ -1,0 +1,184 @@
+"""Selective scan speed and memory at the paper model's four stage sizes (256x256 input), in one run.
+
+    python benchmarks/scan.py                           # all stages, batches 1 and 8
+    python benchmarks/scan.py --stages 1 --batches 1    # quick: stage 1, batch 1
+
+Implementations, each given the same inputs (float32, groups 4, N 16, delta_softplus with a bias, D skip):
+- torch:   vmunet's "torch" backend (two-level chunked scan, hand-written backward);
+- before:  the previous "torch" backend (chunked, plain autograd), with --before;
+- pscan:   mamba.py's Blelloch pscan (PyPI mambapy) the way mamba.py uses it: deltaA = exp(delta * A) and
+           deltaB * u materialised as (B, L, D, N), pscan, then contraction with C and the D skip;
+- ref:     the sequential loop ("ref" backend), timed at a shorter L (--ref-length) and extrapolated
+           linearly to the stage's L (marked "~" in the table): its cost per step does not depend on L.
+
+Every (stage, batch, implementation) runs in its own subprocess, so that its peak memory (ru_maxrss
+growth over the process's state just before the scan, forward + backward) is its own. Times are the best
+of --repeats runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+STAGES = {1: (4096, 768), 2: (1024, 1536), 3: (256, 3072), 4: (64, 6144)}  # stage: (L, D = 4 directions x d_inner)
+GROUPS, N = 4, 16
+
+
+def make_inputs(batch, dim, length, seed=0):
+    """Inputs distributed as in the paper model at initialisation."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    dt_init = torch.exp(torch.rand(dim, generator=g) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3)))
+                        + torch.log(torch.tensor(1e-3)))
+    return dict(
+        u=torch.randn(batch, dim, length, generator=g),
+        delta=torch.randn(batch, dim, length, generator=g) * 0.5,
+        A=-torch.arange(1, N + 1, dtype=torch.float32).repeat(dim, 1),
+        B=torch.randn(batch, GROUPS, N, length, generator=g),
+        C=torch.randn(batch, GROUPS, N, length, generator=g),
+        D=torch.ones(dim),
+        delta_bias=dt_init + torch.log(-torch.expm1(-dt_init)),
+    )
+
+
+def scan_pscan(u, delta, A, B, C, D, delta_bias):
+    """The same selective scan through mamba.py's pscan on materialised (B, L, D, N) tensors."""
+    import torch
+    import torch.nn.functional as F
+    from mambapy.pscan import pscan
+
+    b, dim, L = u.shape
+    dt = F.softplus(delta + delta_bias[:, None]).transpose(1, 2)  # (b, L, D)
+    deltaA = torch.exp(dt.unsqueeze(-1) * A)  # (b, L, D, N)
+    du = (dt * u.transpose(1, 2)).view(b, L, GROUPS, dim // GROUPS, 1)  # (b, L, G, H, 1)
+    BX = (du * B.permute(0, 3, 1, 2).unsqueeze(3)).view(b, L, dim, N)  # (b, L, D, N)
+    hs = pscan(deltaA, BX).view(b, L, GROUPS, dim // GROUPS, N)  # (b, L, G, H, N)
+    y = torch.einsum("blghn,blgn->blgh", hs, C.permute(0, 3, 1, 2)).reshape(b, L, dim)  # (b, L, D)
+    return y.transpose(1, 2) + D[:, None] * u
+
+
+def implementation(name):
+    from vmunet.ops import selective_scan_ref, selective_scan_torch
+    from vmunet.ops.scan_torch_autograd import selective_scan_torch_autograd
+
+    def mamba_style(fn):
+        return lambda u, delta, A, B, C, D, delta_bias: fn(u, delta, A, B, C, D=D, delta_bias=delta_bias,
+                                                           delta_softplus=True)
+
+    return {"torch": mamba_style(selective_scan_torch), "before": mamba_style(selective_scan_torch_autograd),
+            "ref": mamba_style(selective_scan_ref), "pscan": scan_pscan}[name]
+
+
+def best_time(fn, repeats, budget_s):
+    fn()  # warm-up: first-touch page faults, allocator, caches
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats and (not times or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def worker(args):
+    """Time one implementation at one size; print one JSON line."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    L, dim = STAGES[args.stage]
+    length = min(L, args.ref_length) if args.impl == "ref" else L
+    inputs = make_inputs(args.batch, dim, length)
+    fn = implementation(args.impl)
+    leaves = {k: v.requires_grad_() for k, v in inputs.items()}
+
+    def forward():
+        with torch.no_grad():
+            fn(**inputs)
+
+    def forward_backward():
+        fn(**leaves).sum().backward()
+        for v in leaves.values():
+            v.grad = None
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fb = best_time(forward_backward, args.repeats, args.budget)
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    fwd = best_time(forward, args.repeats, args.budget)
+    scale = L / length
+    print(json.dumps(dict(fwd=fwd * scale, fb=fb * scale, peak_mb=peak_mb, extrapolated=scale != 1)))
+
+
+def check_agreement(threads):
+    """pscan and the torch backend compute the same thing (a small size, float32)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = make_inputs(1, 64, 256)
+    with torch.no_grad():
+        a, b = implementation("torch")(**x), implementation("pscan")(**x)
+    return (a - b).abs().max().item()
+
+
+def run_worker(impl, stage, batch, args):
+    cmd = [sys.executable, __file__, "--worker", impl, "--stages", str(stage), "--batches", str(batch),
+           "--repeats", str(args.repeats), "--budget", str(args.budget), "--threads", str(args.threads),
+           "--ref-length", str(args.ref_length)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        return dict(error=done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4], choices=sorted(STAGES))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--impls", nargs="+", default=["torch", "pscan", "ref"],
+                        choices=["torch", "before", "pscan", "ref"])
+    parser.add_argument("--before", action="store_true", help="also time the previous torch backend")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--budget", type=float, default=20.0, help="stop repeating after this many seconds")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--ref-length", type=int, default=128, help="L at which the sequential loop is timed")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.impl, args.stage, args.batch = args.worker, args.stages[0], args.batches[0]
+        worker(args)
+        return
+
+    impls = list(dict.fromkeys(args.impls + (["before"] if args.before else [])))
+    print(f"selective scan, float32, groups {GROUPS}, N {N}, {args.threads} threads, best of {args.repeats}; "
+          f"max |torch - pscan| at a small size: {check_agreement(args.threads):.1e}")
+    print(f"ref: timed at L = {args.ref_length} and scaled to the stage's L (~); "
+          "peak MB: ru_maxrss growth during forward+backward")
+    head = f"{'stage':>5} {'L':>5} {'D':>5} {'batch':>5} {'impl':>7} {'fwd ms':>10} {'fwd+bwd ms':>11} {'peak MB':>8}"
+    if "torch" in impls:
+        head += f" {'fwd: x torch':>13} {'f+b: x torch':>13}"
+    print(head)
+    for stage in args.stages:
+        L, dim = STAGES[stage]
+        for batch in args.batches:
+            results = {impl: run_worker(impl, stage, batch, args) for impl in impls}
+            base = results.get("torch", {})
+            for impl, r in results.items():
+                row = f"{stage:>5} {L:>5} {dim:>5} {batch:>5} {impl:>7} "
+                if "error" in r:
+                    print(row + f"failed: {r['error']}")
+                    continue
+                mark = "~" if r["extrapolated"] else " "
+                row += f"{mark}{r['fwd'] * 1e3:>9.1f} {mark}{r['fb'] * 1e3:>10.1f} {r['peak_mb']:>8.0f}"
+                if "fwd" in base:
+                    row += f" {r['fwd'] / base['fwd']:>12.1f}x {r['fb'] / base['fb']:>12.1f}x"
+                print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

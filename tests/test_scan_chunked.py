@@ -1,0 +1,107 @@
+"""The "torch" backend's hand-written backward: partial gradients, the last state, extreme steps, and what
+its autograd keeps (never a (B, D, L, N) tensor)."""
+
+import pytest
+import torch
+
+from test_scan import make_inputs
+from vmunet.ops import selective_scan_ref, selective_scan_torch
+from vmunet.ops.scan_chunked import chunk_length
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def grads_of(fn, x, wanted, weight, with_last=False):
+    x = {k: v.detach().requires_grad_(k in wanted) for k, v in x.items()}
+    out = fn(**x, delta_softplus=True, return_last_state=with_last)
+    loss = (out[0] * weight[0]).sum() + (out[1] * weight[1]).sum() if with_last else (out * weight[0]).sum()
+    return dict(zip(wanted, torch.autograd.grad(loss, [x[k] for k in wanted])))
+
+
+@pytest.mark.parametrize("wanted", [("u",), ("delta_bias",), ("A", "C"), ("B", "D", "z"), ("delta", "B")])
+def test_gradients_when_only_some_inputs_require_grad(wanted):
+    x = make_inputs(2, 8, 4, 100, with_z=True, with_bias=True, seed=3)
+    weight = (torch.randn(2, 8, 100, dtype=torch.float64),)
+    expected = grads_of(selective_scan_ref, x, wanted, weight)
+    got = grads_of(selective_scan_torch, x, wanted, weight)
+    for name in wanted:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_gradients_through_the_last_state():
+    x = make_inputs(2, 8, 2, 37, with_bias=True, seed=5)
+    weight = (torch.randn(2, 8, 37, dtype=torch.float64), torch.randn(2, 8, 16, dtype=torch.float64))
+    expected = grads_of(selective_scan_ref, x, NAMES[:6] + ("delta_bias",), weight, with_last=True)
+    got = grads_of(selective_scan_torch, x, NAMES[:6] + ("delta_bias",), weight, with_last=True)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_long_sequence_with_extreme_steps_matches_reference_with_gradients():
+    """Steps from 1e-4 to 1e3 (delta * |A| up to thousands) over L = 3000: finite and equal to the loop."""
+    x = make_inputs(1, 4, 1, 3000, seed=7)
+    scale = torch.logspace(-4, 3, 3000, dtype=torch.float64)[torch.randperm(3000, generator=torch.Generator().manual_seed(0))]
+    x["delta"] = (x["delta"].detach().abs() * scale).requires_grad_()
+    weight = (torch.randn(1, 4, 3000, dtype=torch.float64),)
+    wanted = ("u", "delta", "A", "B", "C")
+    x_nosoft = {k: v for k, v in x.items()}
+    got = grads_of(lambda **kw: selective_scan_torch(**{**kw, "delta_softplus": False}), x_nosoft, wanted, weight)
+    expected = grads_of(lambda **kw: selective_scan_ref(**{**kw, "delta_softplus": False}), x_nosoft, wanted, weight)
+    for name in wanted:
+        assert torch.isfinite(got[name]).all(), name
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-8, atol=1e-8, msg=lambda m: f"{name}: {m}")
+
+
+def test_float32_long_sequence_stays_finite_with_huge_steps():
+    x = {k: v.detach().float() for k, v in make_inputs(1, 8, 4, 4096, with_bias=True, seed=1).items()}
+    x["delta"] = x["delta"] * 50
+    x = {k: v.requires_grad_() for k, v in x.items()}
+    out = selective_scan_torch(**x, delta_softplus=True)
+    out.square().sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(v.grad).all() for v in x.values())
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_autograd_keeps_no_tensor_of_hidden_states(groups):
+    """Every tensor saved for backward is O(batch * dim * L), not O(batch * dim * L * N)."""
+    batch, dim, L, N = 2, 64, 1024, 16  # inputs are at most batch * dim * L; hidden states 16x that
+    x = {k: v.detach().float().requires_grad_() for k, v in make_inputs(batch, dim, groups, L, N=N).items()}
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = selective_scan_torch(**x, delta_softplus=True)
+    assert sizes and max(sizes) <= batch * dim * L
+    out.sum().backward()  # and the backward still runs from what was kept
+    assert all(v.grad is not None for v in x.values())
+
+
+def test_inference_builds_no_graph_and_matches_training_forward():
+    x = {k: v.detach().float() for k, v in make_inputs(2, 8, 4, 300, with_z=True, with_bias=True).items()}
+    with torch.inference_mode():
+        out_inference = selective_scan_torch(**x, delta_softplus=True)
+    assert not out_inference.requires_grad
+    x_grad = {k: v.clone().requires_grad_() for k, v in x.items()}
+    out_train = selective_scan_torch(**x_grad, delta_softplus=True)
+    assert out_train.grad_fn is not None
+    torch.testing.assert_close(out_inference, out_train.detach(), rtol=0, atol=0)
+
+
+def test_traced_scan_uses_plain_ops_and_matches():
+    x = {k: v.detach().float() for k, v in make_inputs(1, 8, 4, 64, with_bias=True).items()}
+
+    def scan(u, delta, A, B, C, D, delta_bias):
+        return selective_scan_torch(u, delta, A, B, C, D=D, delta_bias=delta_bias, delta_softplus=True)
+
+    args = tuple(x[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias"))
+    traced = torch.jit.trace(scan, args, check_trace=False)
+    assert "ChunkedScan" not in str(traced.graph)
+    torch.testing.assert_close(traced(*args), scan(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_length_keeps_chunks_wide_and_steps_few():
+    assert [chunk_length(L) for L in (1, 7, 64, 256, 1024, 4096)] == [1, 1, 4, 16, 32, 64]
