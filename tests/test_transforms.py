@@ -53,22 +53,13 @@ def test_rotate_any_angle_label_nearest_and_aligned(degrees):
     assert agree > 0.98
 
 
-def test_isic_recipe_draws_a_fresh_angle_per_sample(monkeypatch):
-    angles = []
-    real = T.rotate
-
-    def spy(x, y, degrees):
-        angles.append(degrees)
-        return real(x, y, degrees)
-
-    monkeypatch.setattr(T, "rotate", spy)
-    image, label = _blob_sample()
-    transform = train_transform("isic", 16, "minmax255")
-    for i in range(400):
-        transform(image, label, np.random.default_rng(i))
+def test_isic_recipe_draws_a_fresh_angle_per_sample():
+    draws = [T.isic_params(np.random.default_rng(i)) for i in range(400)]
+    angles = [d["angle"] for d in draws if d["angle"] is not None]
     assert 160 < len(angles) < 240  # p = 0.5
     assert len(set(angles)) == len(angles) and min(angles) >= 0 and max(angles) < 360
     assert min(angles) < 30 and max(angles) > 330
+    assert 160 < sum(d["hflip"] for d in draws) < 240 and 160 < sum(d["vflip"] for d in draws) < 240
 
 
 def test_isic_recipe_flips_and_outputs():
@@ -86,29 +77,47 @@ def test_isic_recipe_flips_and_outputs():
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
 
 
-def test_synapse_recipe_branch_probabilities(monkeypatch):
-    calls = {"rot90": 0, "rotate": []}
-    real_rot90, real_rotate = torch.rot90, T.rotate
+def test_synapse_recipe_branch_probabilities():
+    n = 2000
+    draws = [T.synapse_params(np.random.default_rng(i)) for i in range(n)]
+    rot_flip = [d for d in draws if d["k"] is not None]
+    rotated = [d["angle"] for d in draws if d["angle"] is not None]
+    assert 0.46 < len(rot_flip) / n < 0.54 and 0.22 < len(rotated) / n < 0.28
+    assert {d["k"] for d in rot_flip} == {0, 1, 2, 3} and {d["flip_axis"] for d in rot_flip} == {0, 1}
+    assert min(rotated) >= -20 and max(rotated) <= 20 and len(set(rotated)) == len(rotated)
 
-    def rot90(t, k, dims):
-        calls["rot90"] += 1
-        return real_rot90(t, k, dims)
 
-    def rotate(x, y, degrees):
-        calls["rotate"].append(degrees)
-        return real_rotate(x, y, degrees)
+def _all_rot_flips(t):
+    return [torch.rot90(t, k, dims=(-2, -1)).flip(axis) for k in range(4) for axis in (-2, -1)]
 
-    monkeypatch.setattr(T.torch, "rot90", rot90)
-    monkeypatch.setattr(T, "rotate", rotate)
+
+def test_composed_flips_and_quarter_turns_are_exact():
     image, label = _blob_sample(24, 24)
-    transform = train_transform("synapse", 16, "none")
-    n = 800
-    for i in range(n):
-        x, y = transform(image[:, :, :1], label, np.random.default_rng(i))
-        assert x.shape == (1, 16, 16) and y.shape == (16, 16)
-    assert 0.44 < calls["rot90"] / 2 / n < 0.56  # image and label rotated: two calls per sample
-    assert 0.20 < len(calls["rotate"]) / n < 0.30
-    assert min(calls["rotate"]) >= -20 and max(calls["rotate"]) <= 20 and len(set(calls["rotate"])) > 100
+    x, y = T.to_tensors(image, label)
+    for hflip in (False, True):
+        for vflip in (False, True):
+            m = T.isic_matrix({"hflip": hflip, "vflip": vflip, "angle": None}, 24, 24)
+            wx, wy = T.warp(x, y, m, (24, 24))
+            dims = [d for d, f in ((-1, hflip), (-2, vflip)) if f]
+            ex, ey = (x.flip(dims), y.flip(dims)) if dims else (x, y)
+            torch.testing.assert_close(wx, ex, atol=1e-5, rtol=0)
+            torch.testing.assert_close(wy, ey, atol=0, rtol=0)
+    for k in range(4):
+        for axis in (0, 1):
+            m = T.synapse_matrix({"k": k, "flip_axis": axis, "angle": None}, 24, 24)
+            wx, wy = T.warp(x, y, m, (24, 24))
+            match = [i for i, c in enumerate(_all_rot_flips(y)) if torch.equal(c, wy)]
+            assert match and torch.allclose(_all_rot_flips(x)[match[0]], wx, atol=1e-5)
+
+
+def test_composed_geometry_matches_rotate_then_resize():
+    """One map applied at the output size == the official order (rotate the original, then resize)."""
+    image, label = _blob_sample(60, 80)
+    x, y = T.to_tensors(image, label)
+    m = T.isic_matrix({"hflip": False, "vflip": False, "angle": 35.0}, 60, 80)
+    _, wy = T.warp(T.resize_image(x, (30, 30)), y, m, (30, 30))
+    _, ry = T.rotate(x, y, 35.0)
+    assert (resize_labels_to(ry, (30, 30)) != wy).float().mean() < 0.02
 
 
 def test_synapse_rot_flip_keeps_alignment():
@@ -131,6 +140,12 @@ def test_label_resize_is_nearest_and_eval_keeps_labels_optional():
     assert x.shape == (3, 32, 32) and torch.equal(y, torch.from_numpy(label))
     x, y = eval_transform(32, "none")(image, None, np.random.default_rng(0))
     assert y is None
+    for shape, size in [((40, 52), (32, 32)), ((13, 7), (29, 30)), ((512, 680), (256, 256)), ((512, 512), (224, 224))]:
+        y = torch.randint(0, 9, shape)
+        expected = torch.nn.functional.interpolate(y[None, None].float(), size=size, mode="nearest-exact")[0, 0]
+        torch.testing.assert_close(resize_labels_to(y, size), expected.long())
+        image = np.zeros((*shape, 1), np.float32)
+        torch.testing.assert_close(eval_transform(size, "none")(image, y.numpy(), None)[1], expected.long())
     small = torch.tensor([[0, 1], [2, 3]])
     torch.testing.assert_close(resize_labels_to(small, (4, 4)), small.repeat_interleave(2, 0).repeat_interleave(2, 1))
     assert resize_labels_to(small[None].repeat(2, 1, 1), (4, 6)).shape == (2, 4, 6)

@@ -47,7 +47,10 @@ def read_binary_mask(path: Path) -> np.ndarray:
     mask = read_image(path, "L", keep_modes=("1", "I", "I;16"))  # colour masks read as grey
     if mask.ndim != 2:
         raise ValueError(f"{path}: mask has shape {mask.shape}, expected a single-channel image")
-    values = set(np.unique(mask).tolist())
+    if mask.dtype == np.uint8:  # bincount: several times faster than np.unique on a 512 x 680 mask
+        values = set(np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist())
+    else:
+        values = set(np.unique(mask).tolist())
     if values <= {0, 1}:
         return mask.astype(np.int64)
     if values <= {0, 255}:
