@@ -7,6 +7,7 @@ import torch
 from test_scan import make_inputs
 from vmunet.ops import selective_scan_ref, selective_scan_torch
 from vmunet.ops.scan_chunked import chunk_length
+from vmunet.ops.workspace import release_workspace
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -81,6 +82,7 @@ def test_autograd_keeps_no_tensor_of_hidden_states(groups):
 
 
 def test_inference_builds_no_graph_and_matches_training_forward():
+    release_workspace()  # buffers first made in inference mode must still serve training afterwards
     x = {k: v.detach().float() for k, v in make_inputs(2, 8, 4, 300, with_z=True, with_bias=True).items()}
     with torch.inference_mode():
         out_inference = selective_scan_torch(**x, delta_softplus=True)
@@ -89,6 +91,7 @@ def test_inference_builds_no_graph_and_matches_training_forward():
     out_train = selective_scan_torch(**x_grad, delta_softplus=True)
     assert out_train.grad_fn is not None
     torch.testing.assert_close(out_inference, out_train.detach(), rtol=0, atol=0)
+    out_train.sum().backward()
 
 
 def test_traced_scan_uses_plain_ops_and_matches():

@@ -26,10 +26,12 @@ def scratch(slot: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tens
     numel = 1
     for size in shape:
         numel *= size
-    flat = buffers.get(key)
-    if flat is None or flat.numel() < numel:
-        flat = buffers[key] = torch.empty(numel, dtype=like.dtype)
-    return flat[:numel].view(shape)
+    # Made outside inference mode: an inference tensor could not be written in place after the block ends.
+    with torch.inference_mode(False):
+        flat = buffers.get(key)
+        if flat is None or flat.numel() < numel:
+            flat = buffers[key] = torch.empty(numel, dtype=like.dtype)
+        return flat[:numel].view(shape)
 
 
 def release_workspace() -> None:
