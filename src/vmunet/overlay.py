@@ -1,0 +1,77 @@
+"""Overlays for looking at predictions: the image with the contour of each predicted class in its colour.
+
+numpy and PIL only. Colours are those of ``vmunet.figures.PALETTE`` (class 1 red, 2 green, 3 blue, ...).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vmunet.figures import PALETTE, to_grey_uint8
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W) or (H, W, C) image of any range -> (H, W, 3) uint8 for display."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        grey = image if image.dtype == np.uint8 else to_grey_uint8(image.astype(np.float32))
+        return np.repeat(grey[..., None], 3, axis=-1)
+    rgb = image[..., :3]
+    if rgb.dtype != np.uint8:  # 16-bit or float colour: stretch all channels together
+        low, high = np.percentile(rgb, [1, 99])
+        rgb = (np.clip((rgb - low) / max(float(high - low), 1e-6), 0, 1) * 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def _shift_and(mask: np.ndarray) -> np.ndarray:
+    """4-neighbour erosion of a (H, W) bool mask; pixels beyond the border count as inside."""
+    padded = np.pad(mask, 1, mode="edge")
+    return (mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """3x3 dilation of a (H, W) bool mask."""
+    padded = np.pad(mask, 1)
+    out = mask.copy()
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            out |= padded[dy:dy + mask.shape[0], dx:dx + mask.shape[1]]
+    return out
+
+
+def contour_overlay(image: np.ndarray, labels: np.ndarray, thickness: int | None = None) -> np.ndarray:
+    """(H, W[, C]) image and (H, W) class ids -> (H, W, 3) uint8 with each class's boundary drawn.
+
+    ``thickness`` defaults to one pixel per 256 pixels of the longer side, so contours stay visible
+    on large photographs.
+    """
+    rgb = display_rgb(image).copy()
+    labels = np.asarray(labels)
+    if thickness is None:
+        thickness = max(1, round(max(labels.shape) / 256))
+    for class_id in np.unique(labels):
+        if class_id == 0:
+            continue
+        mask = labels == class_id
+        edge = mask & ~_shift_and(mask)  # (H, W): pixels of the class touching another class
+        for _ in range(thickness - 1):
+            edge = _dilate(edge)
+        rgb[edge] = PALETTE[int(class_id) % len(PALETTE)]
+    return rgb
+
+
+def representative_slices(labels: np.ndarray, count: int = 3) -> list[int]:
+    """Slice indices of a (D, H, W) label volume worth looking at.
+
+    The slice with the most foreground, and slices at 25 % and 75 % of the foreground's extent; the middle
+    slice when nothing was found.
+    """
+    area = (np.asarray(labels) > 0).reshape(labels.shape[0], -1).sum(1)  # (D,)
+    found = np.flatnonzero(area)
+    if found.size == 0:
+        return [labels.shape[0] // 2]
+    first, last = int(found[0]), int(found[-1])
+    picks = [int(area.argmax()), first + (last - first) // 4, first + 3 * (last - first) // 4]
+    return sorted(dict.fromkeys(picks))[:count]
