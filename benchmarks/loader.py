@@ -49,9 +49,9 @@ def loader_rate(dataset, workers: int, batch: int, epochs: int = 2) -> float:
     return count / (time.perf_counter() - start)
 
 
-def train_rate(name: str, batch: int, size: int) -> float:
+def train_rate(name: str, batch: int, size: int, scan_backend: str) -> float:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=1).train()
+    model = create_model(name, num_classes=1, scan_backend=scan_backend).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     loss_fn = BceDiceLoss()
     x = torch.randn(batch, 3, size, size)
@@ -75,25 +75,31 @@ def main():
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--models", nargs="+", default=["vmunet-tiny", "vmunet"])
+    parser.add_argument("--scan-backend", default="auto")
+    parser.add_argument("--skip-loader", action="store_true", help="time the models only")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}, "
           f"{args.image_size}x{args.image_size}")
+    loaders = {}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.skip_loader:
+            args.workers = []
         write_isic_like(Path(tmp), args.images)
         dataset = SegmentationDataset(IsicFolder(tmp, "train"),
                                       train_transform("isic", args.image_size, "minmax255"), seed=0)
-        loaders = {f"{w} workers": loader_rate(dataset, w, args.batch) for w in args.workers}
+        loaders.update({f"{w} workers": loader_rate(dataset, w, args.batch) for w in args.workers})
         # DataLoader workers run torch with one thread; the main process (0 workers) with all of them, which
         # makes small per-sample ops slower on a busy machine, so show that case with one thread too.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        loaders["0 workers, 1 thread"] = loader_rate(dataset, 0, args.batch)
-        torch.set_num_threads(threads)
+        if 0 in args.workers:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            loaders["0 workers, 1 thread"] = loader_rate(dataset, 0, args.batch)
+            torch.set_num_threads(threads)
     for label, rate in loaders.items():
         print(f"  loader, {label:>19}: {rate:7.1f} samples/s (512x680 PNG -> ISIC recipe -> {args.image_size})")
     for name in args.models:
         try:
-            rate = train_rate(name, args.batch, args.image_size)
+            rate = train_rate(name, args.batch, args.image_size, args.scan_backend)
         except RuntimeError as exc:  # report the loader figures even if a model cannot train here
             print(f"  {name:>12} training failed: {exc}")
             continue
