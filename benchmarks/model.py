@@ -1,0 +1,137 @@
+"""Forward and training-step time per image, the scan's share of it, and peak memory, of the paper models.
+
+    python benchmarks/model.py                                  # paper 256x256 and Synapse 224x224, batches 1 and 8
+    python benchmarks/model.py --models paper --batches 1       # quick
+    python benchmarks/model.py --models paper --batches 8 --modes train --scans torch before   # memory before/after
+
+- paper:   create_model("vmunet", num_classes=1), 3x256x256 input, BCE-with-logits loss;
+- synapse: create_model("vmunet", num_classes=9, input_channels=1), 1x224x224 input, cross-entropy loss.
+Scans: "torch" (the backend now: hand-written backward) and "before" (the previous chunked scan with plain
+autograd, which keeps every hidden state for backward).
+
+Each (model, batch, mode, scan) runs in its own subprocess: peak MB is its ru_maxrss growth over the process
+after building the model and input, so the figures do not mix. Time is the best of --repeats after a
+warm-up. Scan share: time inside the SS2D selective_scan calls (forward) plus the scan's hand-written
+backward (train), over the whole step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+MODELS = {"paper": (dict(num_classes=1), 3, 256), "synapse": (dict(num_classes=9, input_channels=1), 1, 224)}
+
+
+class ScanClock:
+    """Adds up the seconds spent in the scan's forward calls and its backward."""
+
+    def __init__(self, scan: str):
+        import vmunet.models.ss2d as ss2d
+        import vmunet.ops.scan_chunked as chunked
+        from vmunet.ops.scan_torch_autograd import selective_scan_torch_autograd
+
+        self.seconds = 0.0
+        forward = ss2d.selective_scan
+        if scan == "before":
+            forward = lambda *a, backend=None, **k: selective_scan_torch_autograd(*a, **k)  # noqa: E731
+        ss2d.selective_scan = self.timed(forward)
+        chunked.chunked_backward = self.timed(chunked.chunked_backward)
+
+    def timed(self, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+        return wrapper
+
+
+def worker(args):
+    import torch
+    import torch.nn.functional as F
+
+    from vmunet import create_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    overrides, channels, size = MODELS[args.model]
+    model = create_model("vmunet", **overrides)
+    clock = ScanClock(args.scan)
+    x = torch.randn(args.batch, channels, size, size)
+    classes = overrides["num_classes"]
+    target = (torch.rand(args.batch, 1, size, size) > 0.5).float() if classes == 1 else \
+        torch.randint(0, classes, (args.batch, size, size))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def forward():
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    def train_step():
+        model.train()
+        logits = model(x)
+        loss = F.binary_cross_entropy_with_logits(logits, target) if classes == 1 else F.cross_entropy(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step = forward if args.mode == "forward" else train_step
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step()  # warm-up
+    best, share = float("inf"), 0.0
+    for _ in range(args.repeats):
+        clock.seconds = 0.0
+        start = time.perf_counter()
+        step()
+        elapsed = time.perf_counter() - start
+        if elapsed < best:
+            best, share = elapsed, clock.seconds / elapsed
+    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    print(json.dumps(dict(per_image=best / args.batch, share=share, peak_mb=peak_mb)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["paper", "synapse"], choices=sorted(MODELS))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
+    parser.add_argument("--scans", nargs="+", default=["torch"], choices=["torch", "before"])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)  # model batch mode scan
+    args = parser.parse_args()
+    if args.worker:
+        args.model, batch, args.mode, args.scan = args.worker
+        args.batch = int(batch)
+        worker(args)
+        return
+
+    print(f"VM-UNet, float32, {args.threads} threads, best of {args.repeats} after a warm-up")
+    print(f"{'model':>8} {'input':>10} {'batch':>5} {'mode':>8} {'scan':>7} {'s/image':>8} {'scan %':>7} {'peak MB':>8}")
+    for name in args.models:
+        _, channels, size = MODELS[name]
+        for batch in args.batches:
+            for mode in args.modes:
+                for scan in args.scans:
+                    cmd = [sys.executable, __file__, "--worker", name, str(batch), mode, scan,
+                           "--repeats", str(args.repeats), "--threads", str(args.threads)]
+                    done = subprocess.run(cmd, capture_output=True, text=True)
+                    row = f"{name:>8} {f'{channels}x{size}x{size}':>10} {batch:>5} {mode:>8} {scan:>7} "
+                    if done.returncode != 0:
+                        lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
+                        print(row + f"failed: {lines[-1]}", flush=True)
+                        continue
+                    r = json.loads(done.stdout.strip().splitlines()[-1])
+                    print(row + f"{r['per_image']:>8.3f} {100 * r['share']:>6.0f}% {r['peak_mb']:>8.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
