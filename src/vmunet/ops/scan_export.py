@@ -1,16 +1,22 @@
 """The selective scan in plain tensor ops that graph exporters (ONNX, TorchScript, torch.export) can record.
 
-Same chunked algorithm and signature as ``selective_scan_torch`` (see scan_torch.py), with two changes that
-exporting needs:
+Same signature and three-phase chunked algorithm as the "torch" backend (see scan_chunked.py), written so
+that exporters can record it:
 
-- the in-chunk decay prod_{s<=t} exp(delta_s * A) is computed as exp(A * cumsum(delta)) instead of with
-  ``torch.cumprod``, which neither ONNX exporter can translate (ONNX has CumSum, no CumProd). The exponent
-  is <= 0 in a model (delta >= 0 after softplus, A < 0), so it underflows to 0 and never overflows;
-- no custom ``torch.autograd.Function``: exporters see the forward ops themselves. It is meant for
-  inference; autograd works but is not tuned.
+1. inside every chunk, the recurrence from a zero state -> each chunk's end state;
+2. across chunks, S_{c+1} = P_c S_c + end_c with P_c = exp(A * sum of dt over chunk c);
+3. inside every chunk again, from the true start state S_c, contracting with C at every step.
 
-The Python loops are unrolled when traced (about 2 * sqrt(L) steps per scan), so the graph is fixed to the
-traced sequence length, i.e. to the image size; the batch may stay dynamic.
+What exporting needs, and the other backends do not give:
+- no ``torch.cumprod`` (neither ONNX exporter translates it; ONNX has no CumProd) and no in-place writes into
+  scratch buffers: only out-of-place tensor ops;
+- no padding of the sequence (the TorchScript exporter mistranslates it): chunks of T steps with T dividing L;
+- no ``torch.zeros_like`` of a batch-shaped tensor (folded into a constant of the traced batch size);
+- no custom ``torch.autograd.Function``. Meant for inference; autograd works but is not tuned.
+
+Every exponent is dt * A or A * (sum of dt), <= 0 in a model (dt >= 0 after softplus, A < 0): it underflows to 0
+and never overflows. The Python loops are unrolled when traced (2T + nc steps per scan, T ~ sqrt(L)), so the
+graph is fixed to the traced sequence length, i.e. to the image size; the batch may stay dynamic.
 """
 
 from __future__ import annotations
@@ -67,44 +73,47 @@ def selective_scan_export(
 
     delta_c = _to_chunks(delta, T, nc).unflatten(2, (groups, per_group))  # (T, b, g, h, nc)
     du_c = _to_chunks(delta * u, T, nc).unflatten(2, (groups, per_group))  # (T, b, g, h, nc)
-    B_c = _to_chunks(B, T, nc)  # (T, b, g, N, nc)
-    C_c = _to_chunks(C, T, nc)  # (T, b, g, N, nc)
-    A_g = A.view(groups, per_group, N)[None, None, :, :, :, None]  # (1, 1, g, h, N, 1)
+    B_c = _to_chunks(B, T, nc)[:, :, :, None]  # (T, b, g, 1, N, nc)
+    C_c = _to_chunks(C, T, nc)[:, :, :, None]  # (T, b, g, 1, N, nc)
+    A_g = A.view(groups, per_group, N)[None, :, :, :, None]  # (1, g, h, N, 1)
 
-    dA = torch.exp(delta_c[:, :, :, :, None, :] * A_g)  # (T, b, g, h, N, nc)
-    dBu = du_c[:, :, :, :, None, :] * B_c[:, :, :, None, :, :]  # (T, b, g, h, N, nc)
-    # prod_{s<=t} dA_s inside each chunk, as one exp of a cumulative sum (exporters lack cumprod)
-    decay = torch.exp(torch.cumsum(delta_c, dim=0)[:, :, :, :, None, :] * A_g)  # (T, b, g, h, N, nc)
+    def step(t: int, h: torch.Tensor | None) -> torch.Tensor:
+        """h_t = exp(dt_t A) h_{t-1} + du_t B_t for every chunk at once: (b, g, h, N, nc)."""
+        dBu = du_c[t, :, :, :, None, :] * B_c[t]
+        return dBu if h is None else torch.exp(delta_c[t, :, :, :, None, :] * A_g) * h + dBu
 
-    # 1. recurrence inside every chunk at once, from a zero state
-    h = dBu[0]
-    local = [h]
-    for t in range(1, T):
-        h = dA[t] * h + dBu[t]
-        local.append(h)
-    hs = torch.stack(local)  # (T, b, g, h, N, nc)
+    # Nothing of size (T, ..., N, nc) is materialised: every step works on (b, g, h, N, nc), so the
+    # graph's memory traffic stays ~T times below a stacked-states formulation.
+    # 1. inside every chunk, the recurrence from a zero state -> each chunk's local end state
+    h = None
+    for t in range(T if nc > 1 else 0):  # one chunk starts from zero: nothing to carry
+        h = step(t, h)
+    chunk_end = h  # (b, g, h, N, nc)
 
-    # 2. chunk-start states: S_0 = 0, S_{c+1} = P_c * S_c + hs_{T-1, c}. No zeros_like: the TorchScript
-    #    exporter folds it into a constant of the traced batch size; S_0 = 0 comes from a pad instead.
-    chunk_decay, chunk_end = decay[-1], hs[-1]  # (b, g, h, N, nc)
-    if nc == 1:
-        h_all = hs  # (T, b, g, h, N, 1)
-    else:
+    # 2. chunk-start states S_0 = 0, S_{c+1} = P_c S_c + end_c with P_c = exp(A * sum of dt over chunk c)
+    #    (exp of a sum: ONNX has no cumprod). No zeros_like: the TorchScript exporter folds it into a constant
+    #    of the traced batch size; S_0 = 0 comes from a pad instead.
+    if nc > 1:
+        chunk_decay = torch.exp(delta_c.sum(0)[:, :, :, None, :] * A_g)  # (b, g, h, N, nc)
         state = chunk_end[..., 0]  # S_1: (b, g, h, N)
         starts = [state]
         for c in range(1, nc - 1):
             state = chunk_decay[..., c] * state + chunk_end[..., c]
             starts.append(state)
-        start = F.pad(torch.stack(starts, dim=-1), (1, 0))  # (b, g, h, N, nc): S_0..S_{nc-1}
+        h = F.pad(torch.stack(starts, dim=-1), (1, 0))  # (b, g, h, N, nc): S_0..S_{nc-1}
+    else:
+        h = None
 
-        # 3. correct the local states
-        h_all = hs + decay * start[None]  # (T, b, g, h, N, nc)
-    # contract with C
-    y = (h_all * C_c[:, :, :, None, :, :]).sum(4)  # (T, b, g, h, nc)
+    # 3. inside every chunk again, from the true start state, contracting with C on the way
+    ys = []
+    for t in range(T):
+        h = step(t, h)
+        ys.append((h * C_c[t]).sum(3))  # (b, g, h, nc)
+    y = torch.stack(ys)  # (T, b, g, h, nc)
     y = y.flatten(2, 3).permute(1, 2, 3, 0).flatten(2)  # (b, dim, nc * T) = (b, dim, L)
 
     out = finish_output(y, u, D, z).to(dtype_in)
     if return_last_state:
-        last = h_all[(length - 1) % T, ..., (length - 1) // T].flatten(1, 2)  # (b, dim, N)
+        last = h[..., -1].flatten(1, 2)  # the state after step L - 1: (b, dim, N)
         return out, last
     return out
