@@ -222,10 +222,10 @@ def _backward(gy, g_last, dt, du, A, B, C, starts, needs):
     nc = max(1, -(-L // T))
     A2 = (A * LOG2E).view(G, H, N, 1)
     A1 = A.view(G, H, N, 1)
-    g_dt = torch.empty_like(dt) if need_dt else None
-    g_du = torch.empty_like(du) if need_du else None
-    g_B = torch.empty_like(B) if need_B else None
-    g_C = torch.empty_like(C) if need_C else None
+    g_dt = torch.empty_like(dt, memory_format=torch.contiguous_format) if need_dt else None
+    g_du = torch.empty_like(du, memory_format=torch.contiguous_format) if need_du else None
+    g_B = torch.empty_like(B, memory_format=torch.contiguous_format) if need_B else None
+    g_C = torch.empty_like(C, memory_format=torch.contiguous_format) if need_C else None
     g_A = torch.zeros(G, H, N, dtype=A.dtype, device=A.device) if need_A else None
     need_states = need_dt or need_A or need_C
     for rows, blk in _blocks(dt, du, B, C, T, nc):
