@@ -15,7 +15,7 @@ from vmunet.train import train
 
 def tiny_config(preset, data, **extra):
     values = {"data": str(data), "model": "vmunet-tiny", "epochs": 2, "batch_size": 4, "image_size": 32,
-              "t_max": 2, "scan_backend": "ref", **extra}
+              "t_max": 2, **extra}
     return build_config(preset, overrides=values)
 
 
