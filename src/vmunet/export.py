@@ -97,10 +97,8 @@ def onnx_metadata(model: VMUNet, info: RunInfo | None, size: tuple[int, int]) ->
 def export_onnx(model_or_run_dir: VMUNet | str | Path, out_path: str | Path,
                 image_size: int | Sequence[int] | None = None, checkpoint: str = "best", opset: int | None = None,
                 allow_pickle: bool = False) -> Path:
-    """Write an ONNX graph (inputs "image", outputs "logits", dynamic batch) with the TorchScript exporter.
-
-    The TorchScript exporter unrolls the scan's Python loops; it is used rather than the dynamo exporter,
-    which needs onnxscript and gives the same ops for this model.
+    """Write an ONNX graph (input "image", output "logits", dynamic batch) with the TorchScript exporter
+    (``dynamo=False``), which unrolls the scan's Python loops into plain ops; ``opset`` defaults to 17.
     """
     import onnx
 
