@@ -118,7 +118,7 @@ def test_bad_sizes_channels_and_backends_say_what_to_do():
         model(torch.randn(1, 4, 64, 64))
     with pytest.raises(ValueError, match="unknown selective-scan backend 'cuda'"):
         create_model("vmunet-tiny", scan_backend="cuda")
-    with pytest.raises(ValueError, match="unknown model preset 'vmunet-huge'; choose one of vmunet, vmunet-tiny"):
+    with pytest.raises(ValueError, match="unknown model preset 'vmunet-huge'; choose one of vmunet, vmunet-small, vmunet-tiny"):
         create_model("vmunet-huge")
     with pytest.raises(ValueError, match="unknown model option"):
         create_model("vmunet", num_class=2)

@@ -11,6 +11,8 @@ import logging
 import sys
 import time
 
+from vmunet.models.presets import PRESETS
+
 
 def cmd_forward(args: argparse.Namespace) -> int:
     """One forward pass on a random image: checks the install and shows the speed of this machine."""
@@ -77,7 +79,7 @@ def add_train_parser(sub) -> None:
     p.add_argument("--epochs", type=int, help="number of epochs (paper: 300)")
     p.add_argument("--batch-size", type=int, help="batch size per process (paper: 32)")
     p.add_argument("--image-size", type=int, help="network input side, a multiple of 32")
-    p.add_argument("--model", choices=["vmunet", "vmunet-tiny"], help="model preset (default vmunet)")
+    p.add_argument("--model", choices=sorted(PRESETS), help="model preset (default vmunet)")
     p.add_argument("--pretrained", metavar="PATH", help="VMamba ImageNet checkpoint for the encoder and decoder")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16, or fp16 with a scaler on old GPUs)")
@@ -120,7 +122,7 @@ def add_demo_parser(sub) -> None:
 
 def add_forward_parser(sub) -> None:
     p = sub.add_parser("forward", help="run one forward pass on a random image and time it", allow_abbrev=False)
-    p.add_argument("--model", default="vmunet", help="model preset: vmunet or vmunet-tiny (default vmunet)")
+    p.add_argument("--model", default="vmunet", choices=sorted(PRESETS), help="model preset (default vmunet)")
     p.add_argument("--image-size", type=int, default=256, help="image side, a multiple of 32 (default 256)")
     p.add_argument("--num-classes", type=int, default=1, help="output classes (default 1)")
     p.set_defaults(func=cmd_forward)

@@ -102,3 +102,16 @@ class EpochSampler(Sampler[int]):
         padding = len(self) * self.world_size - self.length
         order += order[:padding]
         return iter(order[self.rank::self.world_size])
+
+
+def check_replicas_in_sync(model: torch.nn.Module, info: DistInfo, device: torch.device) -> None:
+    """Raise if the ranks' parameters differ (a cheap per-epoch guard: one checksum per parameter tensor)."""
+    if not info.enabled:
+        return
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(device)
+    gathered = [torch.empty_like(sums) for _ in range(info.world_size)]
+    dist.all_gather(gathered, sums)
+    for rank, other in enumerate(gathered):
+        if not torch.equal(other, gathered[0]):
+            raise RuntimeError(f"model replicas diverged: rank {rank}'s parameters differ from rank 0's")

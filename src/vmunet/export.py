@@ -20,9 +20,7 @@ from pathlib import Path
 
 import torch
 
-import vmunet.ops as ops
 from vmunet.models import VMUNet
-from vmunet.ops.scan_export import selective_scan_export
 from vmunet.runs import RunInfo, atomic_write_bytes, load_model_from_run
 
 FORMATS = ("onnx", "torchscript", "pt2")
@@ -31,19 +29,10 @@ DEFAULT_OPSET = 17  # LayerNormalization as one node; onnxruntime >= 1.12 runs i
 
 @contextlib.contextmanager
 def export_scan(model: VMUNet):
-    """Route the model's selective scans through the exportable plain-ops scan while inside the block.
-
-    ``vmunet.ops`` has no registry for extra backends, so the "torch" entry is swapped for the duration and
-    restored on exit (not thread-safe; exports run alone). Registering ``"export"`` in ``ops.BACKENDS`` would
-    make this a plain ``use_backend("export")``.
-    """
-    saved = ops.BACKENDS["torch"]
+    """The model with every scan on the "torch" backend, which records the plain-ops scan of
+    ops/scan_export.py when traced (no custom ops, no cumprod), whatever backend it was trained with."""
     model.set_scan_backend("torch")
-    ops.BACKENDS["torch"] = selective_scan_export
-    try:
-        yield model
-    finally:
-        ops.BACKENDS["torch"] = saved
+    yield model
 
 
 def image_size_pair(image_size: int | Sequence[int] | None, info: RunInfo | None) -> tuple[int, int]:

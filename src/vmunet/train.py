@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 
 import vmunet
 from vmunet.config import TrainConfig, config_from_dict
-from vmunet.distributed import (DistInfo, EpochSampler, all_finite, barrier, init_distributed, mean_over_ranks,
-                                shutdown_distributed)
+from vmunet.distributed import (DistInfo, EpochSampler, all_finite, barrier, check_replicas_in_sync, init_distributed,
+                                mean_over_ranks, shutdown_distributed)
 from vmunet.engine import autocast, needs_grad_scaler, seed_everything
 from vmunet.models import create_model, load_pretrained_vmamba
 from vmunet.runs import (RunInfo, checkpoint_dir, load_checkpoint, load_weights, read_config_dict, save_checkpoint,
@@ -234,6 +234,7 @@ def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, d
                                          epoch, progress, dist_info)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
+            check_replicas_in_sync(model, dist_info, device)
             if not dist_info.is_main:
                 barrier(dist_info)  # rank 0 validates and writes the checkpoints meanwhile
                 continue

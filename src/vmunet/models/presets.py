@@ -10,6 +10,9 @@ PRESETS: dict[str, dict] = {
     # The paper's model; num_classes and input_channels are given per dataset.
     "vmunet": dict(dims=(96, 192, 384, 768), depths=(2, 2, 2, 2), depths_decoder=(2, 2, 2, 1), d_state=16,
                    drop_path_rate=0.2),
+    # Twice the tiny widths: CPU training of small tasks (the demo).
+    "vmunet-small": dict(dims=(32, 64, 128, 256), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), d_state=16,
+                         drop_path_rate=0.1),
     # For fast tests and CPU demos.
     "vmunet-tiny": dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), d_state=16,
                         drop_path_rate=0.1),

@@ -3,8 +3,9 @@
 - Training (some input requires grad): a custom autograd Function that keeps only its inputs and each
   chunk's start state, never a (B, D, L, N) tensor; the backward recomputes the rest.
 - Inference (no grad needed): the same forward loops, with no autograd bookkeeping.
-- Graph tracing (TorchScript / ONNX export / torch.compile): plain differentiable ops from
-  scan_torch_autograd.py, which tracers record as they are (the loops here write into buffers in place).
+- Graph tracing (TorchScript / ONNX export / torch.export / torch.compile): the plain-ops scan of
+  scan_export.py, which exporters record as it is (the loops here write into buffers in place, and
+  ONNX has no cumprod).
 
 The cheap O(B*D*L) parts (bias, softplus, delta * u, the D skip and the z gate, layout changes) stay
 ordinary autograd ops around the Function.
@@ -16,7 +17,7 @@ import torch
 
 from vmunet.ops.scan_chunked import ChunkedScan, chunked_forward
 from vmunet.ops.scan_ref import compute_dtype, finish_output, prepare_delta
-from vmunet.ops.scan_torch_autograd import selective_scan_torch_autograd
+from vmunet.ops.scan_export import selective_scan_export
 
 
 def _tracing() -> bool:
@@ -37,7 +38,7 @@ def selective_scan_torch(
 ):
     """u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, groups, N, L); D, delta_bias: (dim,)."""
     if _tracing():
-        return selective_scan_torch_autograd(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+        return selective_scan_export(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                              delta_softplus=delta_softplus, return_last_state=return_last_state)
     dtype_in = u.dtype
     work = compute_dtype(u, delta, A, B, C)

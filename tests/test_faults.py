@@ -1,0 +1,146 @@
+"""Nothing lost, nothing silently wrong: the command line's behaviour on bad input, crashes and resumption."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from builders import make_isic
+from vmunet.cli import main
+from vmunet.runs import load_checkpoint, save_checkpoint
+
+TINY = ["--preset", "isic18", "--model", "vmunet-tiny", "--image-size", "32", "--no-progress"]
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.err.strip()
+
+
+@pytest.fixture(scope="module")
+def isic(tmp_path_factory):
+    return make_isic(tmp_path_factory.mktemp("faults") / "data", counts={"train": 6, "val": 2})
+
+
+def test_missing_data_folder_is_one_line_and_exit_2(capsys, tmp_path):
+    code, err = run_cli(capsys, "train", *TINY, "--data", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path / "r"))
+    assert code == 2
+    assert err == f"vmunet train: error: {tmp_path / 'nowhere'}: data folder does not exist"
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_bad_image_in_data_names_the_file(capsys, isic, tmp_path):
+    bad = isic.parent / "bad"
+    make_isic(bad, counts={"train": 4, "val": 2})
+    (bad / "train" / "images" / "ISIC_train00001.png").write_bytes(b"")  # zero-byte image
+    code, err = run_cli(capsys, "train", *TINY, "--epochs", "1", "--data", str(bad), "--run-dir", str(tmp_path / "r"))
+    assert code == 2 and "ISIC_train00001.png" in err and "\n" not in err
+    assert not (tmp_path / "r" / "checkpoints" / "last.pt").exists()
+
+
+def test_bad_configuration_fails_before_training(capsys, isic, tmp_path):
+    run_dir = str(tmp_path / "r")
+    code, err = run_cli(capsys, "train", *TINY, "--data", str(isic), "--run-dir", run_dir, "--image-size", "100")
+    assert code == 2 and "image_size must be a positive multiple of 32 (got 100" in err
+    code, err = run_cli(capsys, "train", *TINY, "--data", str(isic), "--run-dir", run_dir, "--set", "lr_max=1")
+    assert code == 2 and "unknown config key(s) lr_max" in err
+    with pytest.raises(SystemExit):  # argparse: unknown preset, exit 2 with usage
+        main(["train", "--preset", "isic19", "--run-dir", run_dir])
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_read_only_run_folder_fails_before_training(capsys, isic, tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file permissions")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    code, err = run_cli(capsys, "train", *TINY, "--data", str(isic), "--run-dir", str(locked / "r"))
+    assert code == 2 and "not writable" in err
+
+
+def test_unwritable_run_folder_fails_before_training(capsys, isic, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run folder should go")
+    code, err = run_cli(capsys, "train", *TINY, "--data", str(isic), "--run-dir", str(blocker / "r"))
+    assert code == 2 and "run folder is not writable" in err
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(capsys, isic, tmp_path):
+    run_dir = tmp_path / "r"
+    assert run_cli(capsys, "train", *TINY, "--epochs", "1", "--data", str(isic), "--run-dir", str(run_dir))[0] == 0
+    good = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    # make the weights explode: the next epoch's loss is NaN
+    poisoned = {k: (v * float("inf") if k.endswith("final_conv.weight") else v) for k, v in good["model"].items()}
+    save_checkpoint(run_dir / "checkpoints" / "last.pt", {**good, "model": poisoned})
+    code, err = run_cli(capsys, "train", *TINY, "--epochs", "2", "--data", str(isic), "--run-dir", str(run_dir),
+                        "--resume")
+    assert code == 2 and "loss is not finite at epoch 2, step 1" in err
+    after = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert after["epoch"] == 1  # nothing written for the failed epoch
+    for value in load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"].values():
+        assert torch.isfinite(value).all()
+
+
+def test_checkpoint_of_another_architecture_lists_mismatched_keys(capsys, isic, tmp_path):
+    run_dir = tmp_path / "r"
+    assert run_cli(capsys, "train", *TINY, "--epochs", "1", "--data", str(isic), "--run-dir", str(run_dir))[0] == 0
+    from vmunet import create_model
+
+    other = tmp_path / "other.pt"
+    torch.save({"model": create_model("vmunet-small").state_dict()}, other)
+    code, err = run_cli(capsys, "evaluate", "--run-dir", str(run_dir), "--checkpoint", str(other), "--no-progress")
+    assert code == 2 and "checkpoint does not fit this model" in err and "shape mismatch (first: vmunet." in err
+
+
+def test_untrusted_pickle_checkpoint_needs_an_explicit_flag(capsys, isic, tmp_path):
+    run_dir = tmp_path / "r"
+    assert run_cli(capsys, "train", *TINY, "--epochs", "1", "--data", str(isic), "--run-dir", str(run_dir))[0] == 0
+    payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    legacy = tmp_path / "legacy.pt"
+    torch.save({**payload, "note": object.__new__(Exception)}, legacy)  # an arbitrary Python object
+    code, err = run_cli(capsys, "evaluate", "--run-dir", str(run_dir), "--checkpoint", str(legacy), "--no-progress")
+    assert code == 2 and "--trust-checkpoint" in err
+    code, _ = run_cli(capsys, "evaluate", "--run-dir", str(run_dir), "--checkpoint", str(legacy), "--no-progress",
+                      "--trust-checkpoint", "--split", "test")
+    assert code == 0
+
+
+def test_torn_checkpoint_is_reported_not_loaded(capsys, isic, tmp_path):
+    run_dir = tmp_path / "r"
+    assert run_cli(capsys, "train", *TINY, "--epochs", "1", "--data", str(isic), "--run-dir", str(run_dir))[0] == 0
+    best = run_dir / "checkpoints" / "best.pt"
+    best.write_bytes(best.read_bytes()[:1000])
+    code, err = run_cli(capsys, "evaluate", "--run-dir", str(run_dir), "--no-progress")
+    assert code == 2 and "best.pt: not a readable PyTorch checkpoint" in err
+
+
+def train_command(data, run_dir, epochs, *extra):
+    return [sys.executable, "-m", "vmunet", "train", *TINY, "--data", str(data), "--run-dir", str(run_dir),
+            "--epochs", str(epochs), "--set", "t_max=3", *extra]
+
+
+def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(isic, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    subprocess.run(train_command(isic, full, 3), check=True, capture_output=True, env=env, timeout=300)
+    process = subprocess.Popen(train_command(isic, killed, 3), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env)
+    history = killed / "history.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (history.is_file() and len(history.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # somewhere in epoch 2 (or while writing its files)
+    process.wait()
+    assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] in (1, 2)  # readable, never torn
+    subprocess.run(train_command(isic, killed, 3, "--resume"), check=True, capture_output=True, env=env, timeout=300)
+    a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(killed / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert not list((killed / "checkpoints").glob(".*.tmp"))  # a torn temp file never outlives a run
