@@ -103,7 +103,7 @@ def test_untrusted_pickle_checkpoint_needs_an_explicit_flag(capsys, isic, tmp_pa
     assert run_cli(capsys, "train", *TINY, "--epochs", "1", "--data", str(isic), "--run-dir", str(run_dir))[0] == 0
     payload = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     legacy = tmp_path / "legacy.pt"
-    torch.save({**payload, "note": object.__new__(Exception)}, legacy)  # an arbitrary Python object
+    torch.save({**payload, "note": ValueError("a pickled Python object")}, legacy)
     code, err = run_cli(capsys, "evaluate", "--run-dir", str(run_dir), "--checkpoint", str(legacy), "--no-progress")
     assert code == 2 and "--trust-checkpoint" in err
     code, _ = run_cli(capsys, "evaluate", "--run-dir", str(run_dir), "--checkpoint", str(legacy), "--no-progress",

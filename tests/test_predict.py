@@ -91,6 +91,9 @@ def test_png_folder_masks_have_original_sizes_and_stems(binary_run, tmp_path):
 
 
 def test_predictor_arrays_labels_probabilities_and_tta(volume_run):
+    import vmunet
+
+    assert vmunet.Predictor is Predictor  # the top-level API mirror
     predictor = Predictor.from_run(volume_run, device="cpu")
     rgb = np.random.default_rng(2).integers(0, 256, (45, 30, 3)).astype(np.uint8)  # RGB to a 1-channel model
     result = predictor.predict(rgb)

@@ -4,4 +4,14 @@ from vmunet.models import VMUNet, create_model, load_pretrained_vmamba, logits_t
 
 __version__ = "0.1.0"
 
-__all__ = ["VMUNet", "__version__", "create_model", "load_pretrained_vmamba", "logits_to_probabilities"]
+__all__ = ["Predictor", "VMUNet", "__version__", "create_model", "load_pretrained_vmamba",
+           "logits_to_probabilities"]
+
+
+def __getattr__(name: str):
+    # Lazy: prediction pulls in the data readers, which `import vmunet` for the model alone does not need.
+    if name == "Predictor":
+        from vmunet.predict import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'vmunet' has no attribute {name!r}")
