@@ -7,8 +7,7 @@ import random
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-
+from vmunet.data.transforms import resize_to
 from vmunet.models import logits_to_probabilities
 
 
@@ -63,8 +62,8 @@ def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, out_size
                 for dims in ((3,), (2,), (2, 3)):
                     probs = probs + logits_to_probabilities(model(batch.flip(dims)).float()).flip(dims)
                 probs = probs / 4
-        if out_size is not None and tuple(probs.shape[-2:]) != tuple(out_size):
-            probs = F.interpolate(probs, size=out_size, mode="bilinear", align_corners=False)
+        if out_size is not None:
+            probs = resize_to(probs, out_size)  # the same resize as `vmunet predict`
         outputs.append(probs.float().cpu())
     return torch.cat(outputs)
 
@@ -74,3 +73,12 @@ def probabilities_to_labels(probs: torch.Tensor) -> torch.Tensor:
     if probs.shape[1] == 1:
         return (probs[:, 0] >= 0.5).long()
     return probs.argmax(1)
+
+
+def progress_bar(iterable, total: int, description: str, enabled: bool):
+    """tqdm with ETA when enabled (rank 0, a terminal user), the bare iterable otherwise."""
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)

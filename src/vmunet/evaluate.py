@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from vmunet.config import config_from_dict
-from vmunet.engine import predict_probabilities, probabilities_to_labels, resolve_device
+from vmunet.engine import predict_probabilities, probabilities_to_labels, progress_bar, resolve_device
 from vmunet.runs import RunInfo, load_model_from_run, read_config_dict, write_text_atomic
 
 
@@ -38,13 +38,6 @@ def predict_labels(model, info: RunInfo, images: list[np.ndarray], device, batch
     probs = predict_probabilities(model, batch, out_size=images[0].shape[:2], batch_size=batch_size, device=device)
     return list(probabilities_to_labels(probs).numpy())
 
-
-def progress_bar(iterable, total: int, description: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
 
 
 def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_size: int = 8,

@@ -27,7 +27,7 @@ import vmunet
 from vmunet.config import TrainConfig, config_from_dict
 from vmunet.distributed import (DistInfo, EpochSampler, all_finite, barrier, check_replicas_in_sync, init_distributed,
                                 mean_over_ranks, shutdown_distributed)
-from vmunet.engine import autocast, needs_grad_scaler, seed_everything
+from vmunet.engine import autocast, needs_grad_scaler, progress_bar, seed_everything
 from vmunet.models import create_model, load_pretrained_vmamba
 from vmunet.runs import (RunInfo, checkpoint_dir, load_checkpoint, load_weights, read_config_dict, save_checkpoint,
                          write_config, write_run_info, write_text_atomic)
@@ -269,13 +269,6 @@ def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, d
         board.close()
     return TrainResult(run_dir, history, best_epoch, None if best_epoch is None else best_score)
 
-
-def progress_bar(iterable, total: int, description: str, enabled: bool):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True)
 
 
 def train_one_epoch(network, dataset, sampler: EpochSampler, loss_fn, optimizer, scaler, config: TrainConfig,
