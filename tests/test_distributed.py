@@ -3,8 +3,10 @@
 import csv
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -68,3 +70,23 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
         diffs = torch.cat([(other[key] - b[key]).abs().flatten() for key in b])
         assert diffs.max() < 2e-4, f"{name}: max weight difference {diffs.max():.2e}"
         assert (diffs > 1e-5).float().mean() < 1e-3, f"{name}: {(diffs > 1e-5).sum()} weights differ by > 1e-5"
+
+
+def test_a_killed_rank_fails_the_job_instead_of_hanging(tmp_path):
+    data = make_isic(tmp_path / "data", counts={"train": 64, "val": 2, "test": 2})
+    command = torchrun() + ["--standalone", "--nproc_per_node", "2", "-m", "vmunet", "train", "--data", str(data),
+                            "--run-dir", str(tmp_path / "run"), "--batch-size", "2", *COMMON[:-2], "--epochs", "50"]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    children = []
+    deadline = time.time() + 120
+    while time.time() < deadline and len(children) < 2:
+        time.sleep(0.5)
+        listed = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+        children = [int(pid) for pid in listed]
+    assert len(children) == 2, "torchrun did not start two workers"
+    time.sleep(3)  # inside training
+    os.kill(children[1], signal.SIGKILL)
+    _, err = launcher.communicate(timeout=120)  # no hang: torchrun stops the other rank and fails
+    assert launcher.returncode != 0
+    assert "SIGKILL" in err and "Root Cause" in err
