@@ -170,8 +170,8 @@ def threshold_baseline(cases: list[dict], num_classes: int = 3, steps: int = 64)
 def demo_config(quick: bool, run_dir: Path) -> TrainConfig:
     return TrainConfig(dataset="demo", data=None, model="vmunet-tiny", num_classes=3, input_channels=1,
                        label_names=list(LABEL_NAMES), image_size=192, augmentation="none", normalization="zscore",
-                       epochs=2 if quick else 14, batch_size=4, lr=3e-3, t_max=2 if quick else 14, eta_min=1e-5,
-                       max_steps_per_epoch=12 if quick else 40, num_workers=0, seed=0).validate()
+                       epochs=2 if quick else 14, batch_size=2, lr=3e-3, t_max=2 if quick else 14, eta_min=1e-5,
+                       max_steps_per_epoch=24 if quick else 80, num_workers=0, seed=0).validate()
 
 
 def write_prediction_nifti(path: Path, labels_zxy: np.ndarray, template: BrainTemplate) -> None:
