@@ -60,7 +60,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vmunet.demo import run_demo
 
-    run_demo(args.run_dir, quick=args.quick, progress=not args.no_progress)
+    run_dir = args.run_dir or ("vmunet-demo-quick" if args.quick else "vmunet-demo")
+    run_demo(run_dir, quick=args.quick, progress=not args.no_progress)
     return 0
 
 
@@ -115,7 +116,9 @@ def add_demo_parser(sub) -> None:
                        description="Brain tissue segmentation on the ICBM152 template shipped with nilearn, "
                                    "corrupted like real MRI; trains a small VM-UNet on the CPU and evaluates in 3D.")
     p.add_argument("--quick", action="store_true", help="a short run (under 2 minutes) to check the install")
-    p.add_argument("--run-dir", default="vmunet-demo", metavar="RUN_DIR", help="default ./vmunet-demo")
+    p.add_argument("--run-dir", metavar="RUN_DIR",
+                   help="default ./vmunet-demo (./vmunet-demo-quick with --quick); an existing run there is "
+                        "resumed, a finished one re-evaluated")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 
