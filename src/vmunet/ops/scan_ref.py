@@ -35,6 +35,13 @@ def prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_so
     return delta
 
 
+def prepare_inputs(u, delta, A, B, C, delta_bias, delta_softplus):
+    """Every backend's common start: cast to the compute dtype, add the bias and apply softplus to delta."""
+    work = compute_dtype(u, delta, A, B, C)
+    u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
+    return u, prepare_delta(delta, delta_bias, delta_softplus), A, B, C
+
+
 def finish_output(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
     """Add the skip term D * u and apply the SiLU gate z."""
     if D is not None:
@@ -58,9 +65,7 @@ def selective_scan_ref(
 ):
     """u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, groups, N, L); D, delta_bias: (dim,)."""
     dtype_in = u.dtype
-    work = compute_dtype(u, delta, A, B, C)
-    u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
-    delta = prepare_delta(delta, delta_bias, delta_softplus)
+    u, delta, A, B, C = prepare_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     batch, dim, length = u.shape
     B = expand_groups(B, dim)  # (batch, dim, N, L)
     C = expand_groups(C, dim)  # (batch, dim, N, L)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from vmunet.ops.scan_chunked import ChunkedScan, chunked_forward
-from vmunet.ops.scan_ref import compute_dtype, finish_output, prepare_delta
+from vmunet.ops.scan_ref import finish_output, prepare_inputs
 from vmunet.ops.scan_export import selective_scan_export
 
 
@@ -41,9 +41,7 @@ def selective_scan_torch(
         return selective_scan_export(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                              delta_softplus=delta_softplus, return_last_state=return_last_state)
     dtype_in = u.dtype
-    work = compute_dtype(u, delta, A, B, C)
-    u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
-    delta = prepare_delta(delta, delta_bias, delta_softplus)
+    u, delta, A, B, C = prepare_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     inputs = (delta, delta * u, A, B, C)  # dt: (b, D, L), du = dt * u: (b, D, L)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
         y, last = ChunkedScan.apply(*inputs)

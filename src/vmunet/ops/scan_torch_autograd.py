@@ -26,7 +26,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vmunet.ops.scan_ref import compute_dtype, finish_output, prepare_delta
+from vmunet.ops.scan_ref import finish_output, prepare_inputs
 
 
 def chunk_length(length: int) -> int:
@@ -57,9 +57,7 @@ def selective_scan_torch_autograd(
 ):
     """u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, groups, N, L); D, delta_bias: (dim,)."""
     dtype_in = u.dtype
-    work = compute_dtype(u, delta, A, B, C)
-    u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
-    delta = prepare_delta(delta, delta_bias, delta_softplus)
+    u, delta, A, B, C = prepare_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     batch, dim, length = u.shape
     groups, N = B.shape[1], A.shape[1]
     per_group = dim // groups
