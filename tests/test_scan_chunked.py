@@ -108,3 +108,20 @@ def test_traced_scan_uses_plain_ops_and_matches():
 
 def test_chunk_length_keeps_chunks_wide_and_steps_few():
     assert [chunk_length(L) for L in (1, 7, 64, 256, 1024, 4096)] == [1, 1, 4, 16, 32, 64]
+
+
+@pytest.mark.parametrize("per_block", [1, 2])
+def test_batch_blocks_give_the_whole_batch_result(monkeypatch, per_block):
+    """CPU batch blocks (one element, or two with an uneven last block) change nothing but speed."""
+    import vmunet.ops.scan_chunked as chunked
+
+    x = make_inputs(3, 8, 2, 50, with_bias=True, seed=7)
+    wanted = NAMES[:6] + ("delta_bias",)
+    weight = (torch.randn(3, 8, 50, dtype=torch.float64), torch.randn(3, 8, 16, dtype=torch.float64))
+    expected = grads_of(selective_scan_ref, x, wanted, weight, with_last=True)
+    nc = -(-50 // chunk_length(50))
+    monkeypatch.setattr(chunked, "STEP_ELEMENTS", per_block * 8 * 16 * nc)
+    assert chunked._batch_block(x["u"], 8 * 16 * nc) == per_block
+    got = grads_of(selective_scan_torch, x, wanted, weight, with_last=True)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
