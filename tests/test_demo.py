@@ -43,3 +43,34 @@ def test_threshold_baseline_finds_the_separating_thresholds():
     result = demo.threshold_baseline([{"image": image, "label": label}])
     assert result["mean_dice"] == pytest.approx(1.0)
     assert 0 < result["thresholds"][0] <= 100 < result["thresholds"][1] <= 200
+
+
+def brute_force_baseline(cases, steps):
+    """Every threshold pair scored on the voxels themselves (the obvious, slow search)."""
+    from vmunet.metrics import dice
+
+    image = np.concatenate([c["image"].ravel() for c in cases])
+    truth = np.concatenate([c["label"].ravel() for c in cases])
+    candidates = np.quantile(image, np.linspace(0.01, 0.99, steps))
+    best = (-1.0, None)
+    for i, low in enumerate(candidates):
+        for high in candidates[i + 1:]:
+            pred = np.digitize(image, [low, high])
+            score = np.mean([dice(pred == k, truth == k) for k in (1, 2)])
+            if score > best[0]:
+                best = (score, [float(low), float(high)])
+    return best
+
+
+def test_threshold_baseline_equals_brute_force_search():
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 3, size=(2, 30, 30))
+    cases = [{"image": (label[c] * 40.0 + rng.normal(0, 25, size=(30, 30))).astype(np.float32), "label": label[c]}
+             for c in range(2)]
+    cases[1]["image"][:5] = 60.0  # ties: many voxels on one candidate value
+    score, thresholds = brute_force_baseline(cases, steps=24)
+    result = demo.threshold_baseline(cases, steps=24)
+    assert result["thresholds"] == thresholds
+    pooled = demo.threshold_baseline([{"image": np.concatenate([c["image"] for c in cases]),
+                                       "label": np.concatenate([c["label"] for c in cases])}], steps=24)
+    assert pooled["mean_dice"] == pytest.approx(score, abs=1e-12)

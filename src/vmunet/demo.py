@@ -144,20 +144,34 @@ def test_cases(template: BrainTemplate, test_volume: np.ndarray) -> list[dict]:
 
 
 def threshold_baseline(cases: list[dict], num_classes: int = 3, steps: int = 64) -> dict:
-    """The best global two-threshold rule (other < t1 <= grey < t2 <= white), chosen on the test labels."""
+    """The best global two-threshold rule (other < t1 <= grey < t2 <= white), chosen on the test labels.
+
+    Searches every pair of ``steps`` intensity quantiles. Each voxel falls in one of steps + 1 intervals
+    between consecutive candidates, so per-class interval counts give every pair's Dice exactly
+    (np.digitize semantics) without touching the voxels again: ~0.1 s instead of ~30 s of brute force.
+    """
     from vmunet.metrics import dice
 
     image = np.concatenate([c["image"].ravel() for c in cases])
-    truth = np.concatenate([c["label"].ravel() for c in cases])
+    truth = np.concatenate([c["label"].ravel() for c in cases]).astype(np.int64)
     candidates = np.quantile(image, np.linspace(0.01, 0.99, steps))
-    best = (-1.0, 0.0, 0.0)
-    for i, low in enumerate(candidates):
-        for high in candidates[i + 1:]:
-            pred = np.digitize(image, [low, high])
-            score = np.mean([dice(pred == k, truth == k) for k in range(1, num_classes)])
-            if score > best[0]:
-                best = (score, float(low), float(high))
-    _, low, high = best
+    interval = np.digitize(image, candidates)  # 0..steps: how many candidates are <= the voxel
+    counts = np.bincount(interval * num_classes + truth, minlength=(steps + 1) * num_classes)
+    counts = counts.reshape(steps + 1, num_classes)  # (interval, true class)
+    below = np.concatenate([np.zeros((1, num_classes)), np.cumsum(counts, axis=0)])  # voxels in intervals < b
+    total = below[-1]  # (class,)
+    # Thresholds (candidates[i], candidates[j]), i < j: grey = intervals i+1..j, white = intervals >= j+1.
+    i, j = np.triu_indices(steps, k=1)
+    grey = below[j + 1] - below[i + 1]  # (pairs, true class) of the voxels predicted grey
+    white = total - below[j + 1]
+
+    def pair_dice(predicted, k):
+        den = predicted.sum(1) + total[k]
+        return np.where(den > 0, 2 * predicted[:, k] / np.maximum(den, 1), 1.0)
+
+    scores = (pair_dice(grey, 1) + pair_dice(white, 2)) / 2
+    best = int(np.argmax(scores))  # the first best pair in (low, high) order
+    low, high = float(candidates[i[best]]), float(candidates[j[best]])
     per_case = []
     for case in cases:
         pred = np.digitize(case["image"], [low, high])
