@@ -5,7 +5,9 @@
     python benchmarks/model.py --models paper --batches 8 --modes train --scans torch before   # memory before/after
 
 - paper:   create_model("vmunet", num_classes=1), 3x256x256 input, BCE-with-logits loss;
-- synapse: create_model("vmunet", num_classes=9, input_channels=1), 1x224x224 input, cross-entropy loss.
+- synapse: create_model("vmunet", num_classes=9, input_channels=1), 1x224x224 input, cross-entropy loss;
+- demo:    create_model("vmunet-tiny", num_classes=3, input_channels=1), 1x192x192, cross-entropy (`vmunet demo`'s
+           model; run it with --batches 2, the demo's batch).
 Scans: "torch" (the backend now: hand-written backward) and "before" (the previous chunked scan with plain
 autograd, which keeps every hidden state for backward).
 
@@ -25,7 +27,11 @@ import subprocess
 import sys
 import time
 
-MODELS = {"paper": (dict(num_classes=1), 3, 256), "synapse": (dict(num_classes=9, input_channels=1), 1, 224)}
+MODELS = {  # name: (preset, create_model overrides, input channels, input size)
+    "paper": ("vmunet", dict(num_classes=1), 3, 256),
+    "synapse": ("vmunet", dict(num_classes=9, input_channels=1), 1, 224),
+    "demo": ("vmunet-tiny", dict(num_classes=3, input_channels=1), 1, 192),
+}
 
 
 class ScanClock:
@@ -61,8 +67,8 @@ def worker(args):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    overrides, channels, size = MODELS[args.model]
-    model = create_model("vmunet", **overrides)
+    preset, overrides, channels, size = MODELS[args.model]
+    model = create_model(preset, **overrides)
     clock = ScanClock(args.scan)
     x = torch.randn(args.batch, channels, size, size)
     classes = overrides["num_classes"]
@@ -117,7 +123,7 @@ def main():
     print(f"VM-UNet, float32, {args.threads} threads, best of {args.repeats} after a warm-up")
     print(f"{'model':>8} {'input':>10} {'batch':>5} {'mode':>8} {'scan':>7} {'s/image':>8} {'scan %':>7} {'peak MB':>8}")
     for name in args.models:
-        _, channels, size = MODELS[name]
+        _, _, channels, size = MODELS[name]
         for batch in args.batches:
             for mode in args.modes:
                 for scan in args.scans:
