@@ -45,6 +45,10 @@ def test_bad_configuration_is_rejected_with_a_reason(tmp_path):
         build_config("isic18", sets=["epochs=ten"])
     with pytest.raises(ValueError, match="image_size must be a positive multiple of 32 \\(got 250; try 224\\)"):
         build_config("isic18", overrides={"image_size": 250})
+    with pytest.raises(ValueError, match="max_steps_per_epoch must be >= 1 or null \\(got 0\\)"):
+        build_config("isic18", sets=["max_steps_per_epoch=0"])
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        build_config("isic18", sets=["lr=0"])
     with pytest.raises(ValueError, match="--set expects key=value"):
         parse_override("lr")
     bad = tmp_path / "bad.yaml"

@@ -68,6 +68,14 @@ class TrainConfig:
              "epochs, batch_size and accumulate must be >= 1"),
             (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1) (got {self.val_fraction})"),
             (self.num_classes is None or self.num_classes >= 1, f"num_classes must be >= 1 (got {self.num_classes})"),
+            # 0 would "train" without a single optimizer step and still write checkpoints.
+            (self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+             f"max_steps_per_epoch must be >= 1 or null (got {self.max_steps_per_epoch})"),
+            (self.val_interval >= 1, f"val_interval must be >= 1 (got {self.val_interval})"),
+            (self.lr > 0 and self.weight_decay >= 0 and self.eta_min >= 0 and self.t_max >= 1,
+             "lr must be > 0, weight_decay and eta_min >= 0, t_max >= 1"),
+            (self.num_workers >= 0, f"num_workers must be >= 0 (got {self.num_workers})"),
+            (self.dist_timeout_minutes > 0, f"dist_timeout_minutes must be > 0 (got {self.dist_timeout_minutes})"),
         ]
         for ok, message in checks:
             if not ok:
