@@ -3,12 +3,15 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
+import vmunet.data.transforms as T
 from builders import make_isic, make_synapse
 from vmunet.config import build_config
-from vmunet.evaluate import evaluate
+from vmunet.data.transforms import normalize
+from vmunet.evaluate import evaluate, network_input
 from vmunet.runs import load_checkpoint, read_run_info
 from vmunet.train import train
 
@@ -100,6 +103,13 @@ def test_synapse_run_and_per_organ_evaluation(tmp_path):
     lines = []
     train(tiny_config("synapse", data), run_dir, progress=False, echo=lines.append)
     assert "training cases held out" in lines[0]
+    # Training zoomed the 512-pixel slices bicubically (the official recipe); evaluation must do the same.
+    info = read_run_info(run_dir)
+    assert info.interpolation == "bicubic"
+    slice_ = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    normalised = torch.from_numpy(normalize(slice_[..., None], info.normalization)).permute(2, 0, 1)
+    expected = T.resize_image(normalised, (info.image_size,) * 2, "bicubic")
+    torch.testing.assert_close(network_input(slice_, info), expected)
     evaluation = evaluate(run_dir, split="test", progress=False, echo=lines.append)
     assert evaluation["summary"]["cases"] == 2
     assert "aorta" in lines[-1] and "stomach" in lines[-1]

@@ -28,7 +28,8 @@ def network_input(image: np.ndarray, info: RunInfo) -> torch.Tensor:
 
     image = image[..., None] if image.ndim == 2 else image
     label = np.zeros(image.shape[:2], dtype=np.int64)
-    tensor, _ = eval_transform(info.image_size, info.normalization)(image, label, np.random.default_rng(0))
+    transform = eval_transform(info.image_size, info.normalization, interpolation=info.interpolation)
+    tensor, _ = transform(image, label, np.random.default_rng(0))
     return tensor
 
 

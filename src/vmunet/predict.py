@@ -175,7 +175,8 @@ class Predictor:
         self.info = info
         self.tta = tta
         self.batch_size = batch_size
-        self.transform = eval_transform(info.image_size, info.normalization, resize_label=False)
+        self.transform = eval_transform(info.image_size, info.normalization, resize_label=False,
+                                        interpolation=info.interpolation)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", tta: bool = False,

@@ -36,6 +36,7 @@ class RunInfo:
     image_size: int
     dataset: str  # isic | synapse | nifti | demo: 2D images or volumes
     version: str
+    interpolation: str = "bilinear"  # how training resized images; evaluate and predict resize the same way
 
     @property
     def num_classes(self) -> int:

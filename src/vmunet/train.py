@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 import vmunet
 from vmunet.config import TrainConfig, config_from_dict
+from vmunet.data.transforms import recipe_interpolation
 from vmunet.distributed import (DistInfo, EpochSampler, all_finite, barrier, check_replicas_in_sync, init_distributed,
                                 mean_over_ranks, shutdown_distributed)
 from vmunet.engine import autocast, needs_grad_scaler, progress_bar, seed_everything
@@ -140,8 +141,9 @@ def build_datasets(config: TrainConfig, data: TrainingData):
     if data.corrupt is not None:
         augment = CorruptThenAugment(data.corrupt, augment)
     train_set = SegmentationDataset(data.train, augment, seed=config.seed)
-    val_set = SegmentationDataset(data.val, eval_transform(config.image_size, config.normalization),
-                                  seed=config.seed) if len(data.val) else None
+    val_transform = eval_transform(config.image_size, config.normalization,
+                                   interpolation=recipe_interpolation(config.augmentation))
+    val_set = SegmentationDataset(data.val, val_transform, seed=config.seed) if len(data.val) else None
     return train_set, val_set
 
 
@@ -217,7 +219,8 @@ def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, d
         write_run_info(run_dir, RunInfo(model_preset=config.model, model_config=dict(model.config),
                                         label_names=data.label_names, normalization=config.normalization,
                                         image_size=config.image_size, dataset=config.dataset,
-                                        version=vmunet.__version__))
+                                        version=vmunet.__version__,
+                                        interpolation=recipe_interpolation(config.augmentation)))
     train_set, val_set = build_datasets(config, data)
     sampler = EpochSampler(len(train_set), config.seed, dist_info.rank, dist_info.world_size)
     network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \

@@ -208,6 +208,7 @@ class PairedTransform:
     image_size: tuple[int, int] | None = None
     normalization: str = "none"
     resize_label: bool = True
+    interpolation: str | None = None  # image resize mode; None: the recipe's own (see recipe_interpolation)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -226,8 +227,7 @@ class PairedTransform:
             matrix = synapse_matrix(synapse_params(rng), h, w)
         else:
             matrix = np.eye(2)
-        # The official Synapse code zooms images with cubic splines, ISIC with bilinear interpolation.
-        x = resize_image(x, size, "bicubic" if self.recipe == "synapse" else "bilinear")
+        x = resize_image(x, size, self.interpolation or recipe_interpolation(self.recipe))
         if y is not None and not self.resize_label:
             x, _ = warp(x, None, matrix, size)
             return x.contiguous(), y
@@ -235,12 +235,20 @@ class PairedTransform:
         return x.contiguous(), y
 
 
+def recipe_interpolation(recipe: str) -> str:
+    """How a recipe resizes images: the official Synapse code zooms them with cubic splines (training and
+    test alike), the ISIC code bilinearly. Evaluation and prediction must resize the same way."""
+    return "bicubic" if recipe == "synapse" else "bilinear"
+
+
 def train_transform(recipe: str, image_size, normalization: str) -> PairedTransform:
     """The training transform of ``recipe`` ("isic", "synapse" or "none": resize only)."""
     return PairedTransform(recipe, _size(image_size), normalization, True)
 
 
-def eval_transform(image_size, normalization: str, resize_label: bool = True) -> PairedTransform:
-    """Normalise and resize only. ``resize_label=False`` keeps the label at its original size (batch 1),
-    for metrics at the image's size; otherwise labels are resized with nearest neighbour (validation loss)."""
-    return PairedTransform("none", _size(image_size), normalization, resize_label)
+def eval_transform(image_size, normalization: str, resize_label: bool = True,
+                   interpolation: str = "bilinear") -> PairedTransform:
+    """Normalise and resize only, with the training recipe's ``interpolation``. ``resize_label=False`` keeps
+    the label at its original size (batch 1), for metrics at the image's size; otherwise labels are resized
+    with nearest neighbour (validation loss)."""
+    return PairedTransform("none", _size(image_size), normalization, resize_label, interpolation)
