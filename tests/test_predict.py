@@ -210,3 +210,38 @@ def test_cli_exit_codes_and_errors(binary_run, tmp_path, capsys):
     (tmp_path / "in" / "rgb.jpg").write_bytes((tmp_path / "in" / "photo.jpg").read_bytes())
     with pytest.raises(ValueError, match="rgb"):  # rgb.png and rgb.jpg would both write rgb.png
         predict_paths(binary_run, [tmp_path / "in"], tmp_path / "out4")
+
+
+def test_multichannel_nifti_cases_are_grouped_like_nnunet(tmp_path):
+    """A 2-channel model predicts CASE_0000 + CASE_0001 as one case (CASE.nii.gz), from both channels;
+    a case missing a channel and a file not named by channel are reported, not guessed."""
+    import nibabel as nib
+
+    run = make_run(tmp_path, num_classes=3, input_channels=2, normalization="zscore", dataset="nifti")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    affine = write_nifti(folder / "brain_0000.nii.gz")
+    t2 = np.random.default_rng(9).normal(50, 10, (40, 36, 5)).astype(np.float32)
+    nib.save(nib.Nifti1Image(t2, affine), str(folder / "brain_0001.nii.gz"))
+    write_nifti(folder / "lonely_0000.nii.gz")  # its channel 1 is missing
+    write_nifti(folder / "unnamed.nii.gz")
+    out = tmp_path / "out"
+    lines = []
+    summary = predict_paths(run, [folder], out, device="cpu", report=lines.append)
+    assert summary.exit_code == 1 and summary.volumes == 1
+    assert sorted(p.name for p in out.iterdir()) == ["brain.nii.gz"]
+    assert any("lonely" in line and "channel files [0]" in line for line in lines), lines
+    assert any("unnamed.nii.gz" in line and "CASE_0000" in line for line in lines), lines
+
+    predicted = np.asarray(nib.load(out / "brain.nii.gz").dataobj)
+    np.testing.assert_array_equal(nib.load(out / "brain.nii.gz").affine, nib.load(folder / "brain_0000.nii.gz").affine)
+    predictor = Predictor.from_run(run, device="cpu")
+    t1 = np.asarray(nib.load(folder / "brain_0000.nii.gz").dataobj, np.float32)
+    both = np.stack([np.moveaxis(t1, -1, 0), np.moveaxis(t2, -1, 0)], axis=-1)  # (D, H, W, 2)
+    np.testing.assert_array_equal(np.moveaxis(predicted, -1, 0), predictor.predict_volume(both).labels)
+    api = predictor.predict([folder / "brain_0000.nii.gz", folder / "brain_0001.nii.gz"])
+    np.testing.assert_array_equal(api.labels, predicted)
+    # The second channel matters: the same case with another T2 predicts differently.
+    assert not np.array_equal(predictor.predict_volume(both[..., ::-1].copy()).labels, np.moveaxis(predicted, -1, 0))
+    with pytest.raises(ValueError, match="takes 2 channels per voxel"):
+        predictor.predict_volume(both[..., 0])

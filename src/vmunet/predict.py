@@ -118,6 +118,15 @@ def read_nifti_volume(path: Path):
     return volume, nib.load(path)  # the second load reads the header only
 
 
+def read_nifti_case(paths: list[Path], case: str):
+    """(volume (D, H, W, C) float32 from one file per channel, the channel 0 image for affine and header)."""
+    import nibabel as nib
+
+    from vmunet.data.nifti import read_volume
+
+    return read_volume(paths, None, None, case)["image"], nib.load(paths[0])
+
+
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     """(H, W[, C]) -> (H, W, channels) float32: grey repeated to RGB, RGB to grey by luma, alpha dropped."""
     image = np.asarray(image, dtype=np.float32)
@@ -125,6 +134,8 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
         image = image[..., None]
     if image.ndim != 3:
         raise ValueError(f"expected an image of shape (H, W) or (H, W, C), got {image.shape}")
+    if image.shape[2] == channels:  # e.g. the modalities of a multi-channel volume's slice, never alpha here
+        return image
     if image.shape[2] in (2, 4):  # grey + alpha, RGB + alpha
         image = image[..., :-1]
     have = image.shape[2]
@@ -227,27 +238,40 @@ class Predictor:
         return self.predict_images([image])[0]
 
     def predict_volume(self, volume: np.ndarray, keep_probabilities: bool = False) -> Prediction:
-        """(D, H, W) volume -> labels (D, H, W), slices along axis 0; probabilities (K, D, H, W) on request."""
+        """(D, H, W) volume, or (D, H, W, C) with the model's C input channels -> labels (D, H, W), slices along
+        axis 0; probabilities (K, D, H, W) on request."""
         volume = np.asarray(volume)
-        if volume.ndim != 3:
-            raise ValueError(f"expected a volume of shape (D, H, W), got {volume.shape}")
+        if volume.ndim == 4 and volume.shape[3] != self.info.input_channels:
+            raise ValueError(f"volume has {volume.shape[3]} channels, the model takes {self.info.input_channels}")
+        if volume.ndim not in (3, 4):
+            raise ValueError(f"expected a volume of shape (D, H, W) or (D, H, W, C), got {volume.shape}")
+        if volume.ndim == 3 and self.info.is_volumetric and self.info.input_channels > 1:
+            # Repeating one modality into the others would predict quietly and wrongly.
+            raise ValueError(f"the model takes {self.info.input_channels} channels per voxel: pass a (D, H, W, "
+                             f"{self.info.input_channels}) volume or the case's channel files")
         labels, probs = [], []
         for start in range(0, volume.shape[0], self.batch_size):
             slices = volume[start:start + self.batch_size]
             batch = torch.stack([self.network_input(s) for s in slices])  # (n, C, S, S)
-            p = resize_to(self._network_probabilities(batch), volume.shape[1:])  # (n, K, H, W)
+            p = resize_to(self._network_probabilities(batch), volume.shape[1:3])  # (n, K, H, W)
             labels.append(probabilities_to_labels(p).numpy())
             if keep_probabilities:
                 probs.append(p.numpy())
         probabilities = np.concatenate(probs).transpose(1, 0, 2, 3) if keep_probabilities else None
         return Prediction(np.concatenate(labels), probabilities)
 
-    def predict(self, array_or_path: np.ndarray | str | Path) -> Prediction:
-        """An image (H, W), (H, W, 1|3|4) or a volume (D, H, W); or an image, NIfTI or .h5 file.
+    def predict(self, array_or_path: np.ndarray | str | Path | Sequence[str | Path]) -> Prediction:
+        """An image (H, W), (H, W, 1|3|4) or a volume (D, H, W); or an image, NIfTI or .h5 file; or a list of
+        NIfTI files, one per input channel (CASE_0000.nii.gz, CASE_0001.nii.gz, ...).
 
-        Arrays of 3 dimensions whose last size is 1, 3 or 4 are images; other 3D arrays are volumes. For a
-        NIfTI path the labels come back in the file's stored axis order, so they line up with its data array.
+        Arrays of 3 dimensions whose last size is 1, 3 or 4 are images; other 3D arrays are volumes. For
+        NIfTI paths the labels come back in the files' stored axis order, so they line up with their data.
         """
+        if isinstance(array_or_path, (list, tuple)):
+            paths = [Path(p) for p in array_or_path]
+            volume, _ = read_nifti_case(paths, output_stem(paths[0]))
+            result = self.predict_volume(volume, keep_probabilities=True)
+            return Prediction(np.moveaxis(result.labels, 0, -1), np.moveaxis(result.probabilities, 1, -1))
         if isinstance(array_or_path, (str, Path)):
             path = Path(array_or_path)
             kind = input_kind(path)
@@ -347,14 +371,52 @@ class PredictSummary:
 
 @dataclass
 class _Job:
-    path: Path
+    path: Path  # the input (a multi-channel case: its channel 0 file)
     kind: str
     output: Path
+    stem: str
+    channels: list[Path] | None = None  # a multi-channel NIfTI case's files, in channel order
 
 
-def plan_outputs(files: list[Path], out_dir: Path) -> list[_Job]:
-    """One label file per input, named by its stem; two inputs that would write one file are an error."""
+def group_channel_files(files: list[Path], channels: int) -> tuple[list[Path], dict[str, list[Path]],
+                                                                     list[tuple[Path, str]]]:
+    """For a model with several input channels: NIfTI files named CASE_XXXX.nii[.gz] (nnU-Net layout) become
+    one case each. Returns the other files, {case: channel files in order} and (path, problem) for NIfTI
+    files that cannot form a case."""
+    from vmunet.data.nifti import CHANNEL_FILE
+
+    others, found, problems = [], {}, []
+    for path in files:
+        if input_kind(path) != "nifti":
+            others.append(path)
+            continue
+        match = CHANNEL_FILE.match(path.name)
+        if match is None:
+            problems.append((path, f"the model takes {channels} channels: name a case's files "
+                                   f"CASE_0000 .. CASE_{channels - 1:04d} (.nii.gz), one per channel"))
+            continue
+        found.setdefault((path.parent, match["case"]), {})[int(match["channel"])] = path
+    cases = {}
+    for (folder, case), by_channel in sorted(found.items()):
+        if sorted(by_channel) != list(range(channels)):
+            problems.append((folder / case, f"case {case!r} has channel files {sorted(by_channel)}, the model "
+                                            f"takes channels 0..{channels - 1}"))
+        elif case in cases:
+            problems.append((folder / case, f"case {case!r} is also in {cases[case][0].parent}"))
+        else:
+            cases[case] = [by_channel[c] for c in range(channels)]
+    return others, cases, problems
+
+
+def plan_outputs(files: list[Path], out_dir: Path, cases: dict[str, list[Path]] | None = None) -> list[_Job]:
+    """One label file per input, named by its stem (a multi-channel case: CASE.nii.gz, as nnU-Net names
+    it); two inputs that would write one file are an error."""
     jobs, seen = [], {}
+    for case, channel_files in (cases or {}).items():
+        first = channel_files[0]
+        output = out_dir / (case + (".nii.gz" if first.name.lower().endswith(".gz") else ".nii"))
+        seen[output] = first
+        jobs.append(_Job(first, "nifti", output, case, channel_files))
     for path in files:
         kind = input_kind(path)
         stem = output_stem(path)
@@ -368,7 +430,7 @@ def plan_outputs(files: list[Path], out_dir: Path) -> list[_Job]:
             raise ValueError(f"{path}: would write {output}, as {seen[output]} does; predict them into "
                              "separate --out folders")
         seen[output] = path
-        jobs.append(_Job(path, kind, output))
+        jobs.append(_Job(path, kind, output, stem))
     return jobs
 
 
@@ -394,9 +456,16 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     An input that cannot be read or predicted is reported (one line through ``report``) and skipped; the
     others are still predicted, and the summary's ``exit_code`` is 1.
     """
+    from vmunet.runs import read_run_info
+
     out_dir = Path(out_dir)
     files, problems = collect_inputs(inputs)
-    jobs = plan_outputs(files, out_dir)
+    channels = read_run_info(run_dir).input_channels
+    cases = None
+    if channels > 1:
+        files, cases, unpaired = group_channel_files(files, channels)
+        problems += unpaired
+    jobs = plan_outputs(files, out_dir, cases)
     summary = PredictSummary()
     for path, problem in problems:
         summary.failed.append((path, problem))
@@ -443,7 +512,9 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     started = time.perf_counter()
     for job in (job for job in jobs if job.kind != "image"):
         try:
-            if job.kind == "nifti":
+            if job.channels:
+                volume, reference = read_nifti_case(job.channels, job.stem)  # (D, H, W, C)
+            elif job.kind == "nifti":
                 volume, reference = read_nifti_volume(job.path)
             else:
                 volume, reference = read_h5_volume(job.path), None
@@ -468,7 +539,7 @@ def _write_image_outputs(job: _Job, image: np.ndarray, prediction: Prediction, n
     from vmunet.overlay import contour_overlay
 
     # Extras first, the label map last: an existing label map means this input is complete (skip_existing).
-    stem = output_stem(job.path)
+    stem = job.stem
     if save_probabilities:
         write_npy(out_dir / "probabilities" / f"{stem}.npy", prediction.probabilities.astype(np.float32))
     if overlay:
@@ -482,7 +553,7 @@ def _write_volume_outputs(job: _Job, volume: np.ndarray, reference, prediction: 
 
     from vmunet.overlay import contour_overlay, representative_slices
 
-    stem = output_stem(job.path)
+    stem = job.stem
     labels = prediction.labels  # (D, H, W)
     if save_probabilities:
         probs = prediction.probabilities.transpose(2, 3, 1, 0)  # (K, D, H, W) -> stored (X, Y, Z, K)
@@ -492,6 +563,7 @@ def _write_volume_outputs(job: _Job, volume: np.ndarray, reference, prediction: 
     if overlay:
         for z in representative_slices(labels):
             write_png(out_dir / "overlays" / f"{stem}_slice{z:03d}.png",
-                      Image.fromarray(contour_overlay(volume[z], labels[z])))
+                      Image.fromarray(contour_overlay(volume[z, ..., 0] if volume.ndim == 4 else volume[z],
+                                                      labels[z])))
     dtype = np.uint8 if labels.max(initial=0) < 256 else np.int16
     write_nifti(job.output, np.ascontiguousarray(np.moveaxis(labels, 0, -1), dtype), reference, intent="label")

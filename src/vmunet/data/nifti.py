@@ -23,7 +23,7 @@ import numpy as np
 
 from vmunet.data.checks import check_finite, check_labels, check_same_shape
 
-_IMAGE_NAME = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii(\.gz)?)$")
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii(\.gz)?)$")  # nnU-Net: CASE_XXXX.nii.gz
 
 
 def _nibabel():
@@ -88,7 +88,7 @@ def find_cases(root: str | Path, subset: str = "Tr") -> dict[str, list[Path]]:
     for path in sorted(image_dir.iterdir()):
         if path.name.startswith(".") or not path.is_file():
             continue
-        match = _IMAGE_NAME.match(path.name)
+        match = CHANNEL_FILE.match(path.name)
         if match is None:
             if path.name.endswith((".nii", ".nii.gz")):
                 raise ValueError(f"{path}: image name must end in _XXXX.nii.gz (the channel index)")
