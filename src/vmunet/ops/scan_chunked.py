@@ -25,8 +25,9 @@ Exponentials: a = exp2(dt * A * log2(e)) (exp2 is ~3x faster than exp on CPUs) a
 dt * A or A * (sum of dt) with dt >= 0 and A < 0 in a model: never the exponential of a large positive
 number, so long sequences and huge steps underflow to 0 instead of overflowing. Nothing divides by a decay.
 
-On the CPU one batch element is processed at a time so that the per-step working set stays in cache; on
-other devices the whole batch goes at once (bigger kernels matter more there than caches).
+On the CPU the batch goes in blocks of ~0.5 M state elements per step (one element of the paper model's stage
+1, the whole batch of a small model) so that the per-step working set stays in cache while Python's per-op
+cost stays amortised; on other devices the whole batch goes at once (bigger kernels matter more there).
 """
 
 from __future__ import annotations
