@@ -91,6 +91,21 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     assert strip(read_history(full)) == strip(read_history(part))
 
 
+def test_progress_bars_do_not_change_the_run(tmp_path):
+    """Same seed, bars on or off: the same weights (drop-path masks must not depend on how the loader is
+    iterated; tqdm over a DataLoader used to shift the global RNG)."""
+    data = make_isic(tmp_path / "data", counts={"train": 8, "val": 2})
+    runs = {}
+    for progress in (False, True):
+        runs[progress] = tmp_path / f"progress_{progress}"
+        train(tiny_config("isic18", data, max_steps_per_epoch=1), runs[progress], progress=progress,
+              echo=lambda *a: None)
+    a = load_checkpoint(runs[False] / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(runs[True] / "checkpoints" / "last.pt")["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 def test_existing_run_is_not_overwritten(isic_run, tmp_path):
     data, run_dir, _ = isic_run
     with pytest.raises(ValueError, match="already holds a run; pass --resume"):

@@ -274,6 +274,13 @@ def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, d
 
 
 
+def loader_generator(seed: int, epoch: int) -> torch.Generator:
+    """A DataLoader's own generator. Without one, every iterator draws its worker base seed from the global
+    RNG, so the drop-path masks depended on how the loader was iterated (wrapping it in a progress bar draws
+    differently: the demo scored 0.839 with --no-progress and 0.852 with bars, same seed)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
+
+
 def train_one_epoch(network, dataset, sampler: EpochSampler, loss_fn, optimizer, scaler, config: TrainConfig,
                     device, epoch: int, progress: bool, dist_info: DistInfo) -> float:
     """One pass over the epoch's samples; returns the mean training loss over all ranks."""
@@ -281,7 +288,7 @@ def train_one_epoch(network, dataset, sampler: EpochSampler, loss_fn, optimizer,
     dataset.set_epoch(epoch)
     sampler.set_epoch(epoch)
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", generator=loader_generator(config.seed, epoch))
     steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
     network.train()
     optimizer.zero_grad(set_to_none=True)
@@ -323,7 +330,8 @@ def train_one_epoch(network, dataset, sampler: EpochSampler, loss_fn, optimizer,
 def validate(model, dataset, loss_fn, config: TrainConfig, device, num_classes: int, progress: bool):
     """Mean loss and mean foreground Dice pooled over the selection set, at the network size."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers,
+                        generator=loader_generator(config.seed, -1))
     classes = max(num_classes, 2)
     tp, fp, fn = (torch.zeros(classes, dtype=torch.float64) for _ in range(3))
     total, count = 0.0, 0
