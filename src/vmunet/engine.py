@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import torch
+
 from vmunet.data.transforms import resize_to
 from vmunet.models import logits_to_probabilities
 

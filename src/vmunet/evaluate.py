@@ -40,7 +40,6 @@ def predict_labels(model, info: RunInfo, images: list[np.ndarray], device, batch
     return list(probabilities_to_labels(probs).numpy())
 
 
-
 def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_size: int = 8,
                    progress: bool = True) -> dict:
     """{"summary": dict, "rows": per-case dicts, "table": printable text} for 2D images or volumes."""

@@ -106,25 +106,22 @@ def read_h5_volume(path: Path) -> np.ndarray:
     return volume
 
 
+def read_nifti_case(paths: list[Path], case: str):
+    """(volume float32 = stored (Z, X, Y): (D, H, W) for one file, (D, H, W, C) for one file per channel; the
+    first file's nibabel image for affine and header)."""
+    import nibabel as nib
+
+    from vmunet.data.nifti import read_volume
+
+    return read_volume(paths, None, None, case)["image"], nib.load(paths[0])  # the second load reads the header
+
+
 def read_nifti_volume(path: Path):
     """(volume (D, H, W) float32 = stored (Z, X, Y), the nibabel image for its affine and header)."""
-    import nibabel as nib
-
-    from vmunet.data.nifti import read_volume
-
-    volume = read_volume([path], None, None, output_stem(path))["image"]
+    volume, reference = read_nifti_case([path], output_stem(path))
     if volume.ndim != 3:
         raise ValueError(f"{path}: expected a one-channel 3D volume, found shape {volume.shape}")
-    return volume, nib.load(path)  # the second load reads the header only
-
-
-def read_nifti_case(paths: list[Path], case: str):
-    """(volume (D, H, W, C) float32 from one file per channel, the channel 0 image for affine and header)."""
-    import nibabel as nib
-
-    from vmunet.data.nifti import read_volume
-
-    return read_volume(paths, None, None, case)["image"], nib.load(paths[0])
+    return volume, reference
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -260,6 +257,11 @@ class Predictor:
         probabilities = np.concatenate(probs).transpose(1, 0, 2, 3) if keep_probabilities else None
         return Prediction(np.concatenate(labels), probabilities)
 
+    def _predict_stored_order(self, volume: np.ndarray) -> Prediction:
+        """A NIfTI volume read as (D, H, W[, C]) -> labels and probabilities in the file's stored (X, Y, Z) order."""
+        result = self.predict_volume(volume, keep_probabilities=True)
+        return Prediction(np.moveaxis(result.labels, 0, -1), np.moveaxis(result.probabilities, 1, -1))
+
     def predict(self, array_or_path: np.ndarray | str | Path | Sequence[str | Path]) -> Prediction:
         """An image (H, W), (H, W, 1|3|4) or a volume (D, H, W); or an image, NIfTI or .h5 file; or a list of
         NIfTI files, one per input channel (CASE_0000.nii.gz, CASE_0001.nii.gz, ...).
@@ -269,9 +271,7 @@ class Predictor:
         """
         if isinstance(array_or_path, (list, tuple)):
             paths = [Path(p) for p in array_or_path]
-            volume, _ = read_nifti_case(paths, output_stem(paths[0]))
-            result = self.predict_volume(volume, keep_probabilities=True)
-            return Prediction(np.moveaxis(result.labels, 0, -1), np.moveaxis(result.probabilities, 1, -1))
+            return self._predict_stored_order(read_nifti_case(paths, output_stem(paths[0]))[0])
         if isinstance(array_or_path, (str, Path)):
             path = Path(array_or_path)
             kind = input_kind(path)
@@ -283,8 +283,7 @@ class Predictor:
                 return self.predict_image(read_image_file(path))
             if kind == "h5":
                 return self.predict_volume(read_h5_volume(path), keep_probabilities=True)
-            result = self.predict_volume(read_nifti_volume(path)[0], keep_probabilities=True)
-            return Prediction(np.moveaxis(result.labels, 0, -1), np.moveaxis(result.probabilities, 1, -1))
+            return self._predict_stored_order(read_nifti_volume(path)[0])
         array = np.asarray(array_or_path)
         if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
             return self.predict_image(array)

@@ -273,7 +273,6 @@ def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, d
     return TrainResult(run_dir, history, best_epoch, None if best_epoch is None else best_score)
 
 
-
 def loader_generator(seed: int, epoch: int) -> torch.Generator:
     """A DataLoader's own generator. Without one, every iterator draws its worker base seed from the global
     RNG, so the drop-path masks depended on how the loader was iterated (wrapping it in a progress bar draws
