@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from conftest import REFERENCE, load_reference
+from conftest import FIXTURES, load_fixture
 from vmunet import VMUNet, create_model, load_pretrained_vmamba, logits_to_probabilities
 from vmunet.ops import available_backends
 
 
 def read_tsv(name):
-    lines = (REFERENCE / name).read_text().splitlines()
+    lines = (FIXTURES / name).read_text().splitlines()
     rows = [line.split("\t") for line in lines if line and not line.startswith("#")]
     return {key: tuple(int(s) for s in shape.split("x")) for key, shape in rows}
 
@@ -30,7 +30,7 @@ def test_state_dict_keys_shapes_and_count_equal_official(tsv, num_classes, count
 @pytest.mark.parametrize("fixture", ["tiny_binary.pt", "tiny_multiclass.pt"])
 @pytest.mark.parametrize("backend", available_backends("cpu"))
 def test_logits_match_official_fixture(fixture, backend):
-    ref = load_reference(fixture)
+    ref = load_fixture(fixture)
     model = VMUNet(**ref["model_config"], scan_backend=backend).eval()
     model.load_state_dict(ref["state_dict"], strict=True)
     with torch.no_grad():
@@ -41,9 +41,9 @@ def test_logits_match_official_fixture(fixture, backend):
 
 
 def test_pretrained_loading_reproduces_official_rule():
-    expected = load_reference("pretrained_loading_expected.pt")
+    expected = load_fixture("pretrained_loading_expected.pt")
     model = VMUNet(**expected["model_config"])
-    report = load_pretrained_vmamba(model, REFERENCE / "fake_vmamba_pretrained.pth")
+    report = load_pretrained_vmamba(model, FIXTURES / "fake_vmamba_pretrained.pth")
     assert sorted(report.loaded) == sorted(expected["loaded_keys"])
     assert len(report.loaded) + len(report.missing) == len(model.state_dict())
     state = model.state_dict()
@@ -55,7 +55,7 @@ def test_pretrained_loading_reproduces_official_rule():
 
 
 def test_pretrained_skips_shape_mismatch_instead_of_crashing():
-    ckpt = torch.load(REFERENCE / "fake_vmamba_pretrained.pth", map_location="cpu", weights_only=True)["model"]
+    ckpt = torch.load(FIXTURES / "fake_vmamba_pretrained.pth", map_location="cpu", weights_only=True)["model"]
     ckpt["patch_embed.proj.weight"] = torch.zeros(16, 3, 2, 2)
     model = VMUNet(dims=(16, 32, 64, 128))
     report = load_pretrained_vmamba(model, ckpt)
