@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from builders import make_isic
-from vmunet.distributed import EpochSampler
-from vmunet.runs import load_checkpoint
+from vmunet.runtime.distributed import EpochSampler
+from vmunet.runtime.run_folder import load_checkpoint
 
 COMMON = ["--preset", "isic18", "--model", "vmunet-tiny", "--image-size", "32", "--epochs", "2", "--no-progress",
           "--set", "drop_path_rate=0.0", "--set", "t_max=2"]

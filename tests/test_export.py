@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from test_predict import make_run
-from vmunet.cli_apply import add_export_arguments, run_export
+from vmunet.cli import add_export_arguments, cmd_export
 from vmunet.export import (export_model, export_onnx, export_scan, exported_max_difference, onnx_max_difference,
                            prepare_model)
 from vmunet.models import create_model
@@ -43,7 +43,7 @@ def test_onnx_matches_pytorch_in_onnxruntime(tmp_path):
     meta = {p.key: p.value for p in graph.metadata_props}
     assert meta["normalization"] == "zscore" and meta["input_channels"] == "1" and meta["num_classes"] == "3"
 
-    from vmunet.runs import load_model_from_run
+    from vmunet.runtime.run_folder import load_model_from_run
 
     model, _, _ = load_model_from_run(run_dir)
     assert onnx_max_difference(model, path, batch=3) < 1e-4  # the batch axis is dynamic
@@ -84,7 +84,7 @@ def test_cli_export_torchscript(tmp_path, capsys):
     add_export_arguments(parser)
     args = parser.parse_args(["--run-dir", str(run_dir), "--format", "torchscript", "--out", str(tmp_path / "m.pt"),
                               "--image-size", *map(str, SIZE)])
-    assert run_export(args) == 0
+    assert cmd_export(args) == 0
     out = capsys.readouterr().out
     assert "m.pt" in out and "difference" in out
     difference = float(out.rsplit(":", 1)[1])  # the CLI compares the traced module with PyTorch

@@ -11,7 +11,7 @@ import torch
 
 from builders import make_isic
 from vmunet.cli import main
-from vmunet.runs import load_checkpoint, save_checkpoint
+from vmunet.runtime.run_folder import load_checkpoint, save_checkpoint
 
 TINY = ["--preset", "isic18", "--model", "vmunet-tiny", "--image-size", "32", "--no-progress"]
 

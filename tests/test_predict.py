@@ -8,11 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vmunet.cli_apply import add_predict_arguments, run_predict
+from vmunet.cli import add_predict_arguments, cmd_predict
 from vmunet.config import TrainConfig
 from vmunet.models import create_model
-from vmunet.predict import Predictor, predict_paths
-from vmunet.runs import RunInfo, save_checkpoint, write_config, write_run_info
+from vmunet.inference import Predictor
+from vmunet.predict import predict_paths
+from vmunet.runtime.run_folder import RunInfo, save_checkpoint, write_config, write_run_info
 
 IMAGE_SIZE = 64  # network side: small for speed
 
@@ -193,14 +194,14 @@ def test_cli_exit_codes_and_errors(binary_run, tmp_path, capsys):
     add_predict_arguments(parser)
     args = parser.parse_args(["--run-dir", str(binary_run), str(tmp_path / "in" / "grey.png"), "--out",
                               str(tmp_path / "out"), "--device", "cpu", "--tta", "--overlay"])
-    assert run_predict(args) == 0
+    assert cmd_predict(args) == 0
     assert "images/s" in capsys.readouterr().out
     assert (tmp_path / "out" / "overlays" / "grey.png").is_file()
 
     (tmp_path / "bad.png").write_bytes(b"not a png")
     args = parser.parse_args(["--run-dir", str(binary_run), str(tmp_path / "bad.png"), str(tmp_path / "in"),
                               "--out", str(tmp_path / "out2"), "--device", "cpu"])
-    assert run_predict(args) == 1
+    assert cmd_predict(args) == 1
     assert "bad.png" in capsys.readouterr().err
 
     with pytest.raises(FileNotFoundError, match="missing.png"):

@@ -11,8 +11,9 @@ import vmunet.data.transforms as T
 from builders import make_isic, make_synapse
 from vmunet.config import build_config
 from vmunet.data.transforms import normalize
-from vmunet.evaluate import evaluate, network_input
-from vmunet.runs import load_checkpoint, read_run_info
+from vmunet.evaluate import evaluate
+from vmunet.inference import Predictor
+from vmunet.runtime.run_folder import load_checkpoint, read_run_info
 from vmunet.train import train
 
 
@@ -57,7 +58,7 @@ def test_isic_selection_holds_out_training_images_not_the_val_folder(isic_run):
     config = build_config(None, run_dir / "config.yaml")
     assert not config.paper_selection
     # the held-out selection images come from train/, and 'val' evaluation uses exactly them
-    from vmunet.splits import evaluation_cases
+    from vmunet.data.splits import evaluation_cases
 
     kind, held = evaluation_cases(config, data, "val")
     assert kind == "images" and len(held) == 1 and all(c.startswith("ISIC_train") for c in held.case_ids)
@@ -124,7 +125,7 @@ def test_synapse_run_and_per_organ_evaluation(tmp_path):
     slice_ = np.random.default_rng(0).random((48, 48)).astype(np.float32)
     normalised = torch.from_numpy(normalize(slice_[..., None], info.normalization)).permute(2, 0, 1)
     expected = T.resize_image(normalised, (info.image_size,) * 2, "bicubic")
-    torch.testing.assert_close(network_input(slice_, info), expected)
+    torch.testing.assert_close(Predictor.from_run(run_dir, device="cpu").network_input(slice_), expected)
     evaluation = evaluate(run_dir, split="test", progress=False, echo=lines.append)
     assert evaluation["summary"]["cases"] == 2
     assert "aorta" in lines[-1] and "stomach" in lines[-1]

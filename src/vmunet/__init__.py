@@ -9,9 +9,9 @@ __all__ = ["Predictor", "VMUNet", "__version__", "create_model", "load_pretraine
 
 
 def __getattr__(name: str):
-    # Lazy: prediction pulls in the data readers, which `import vmunet` for the model alone does not need.
+    # Lazy: inference pulls in the data readers, which `import vmunet` for the model alone does not need.
     if name == "Predictor":
-        from vmunet.predict import Predictor
+        from vmunet.inference import Predictor
 
         return Predictor
     raise AttributeError(f"module 'vmunet' has no attribute {name!r}")

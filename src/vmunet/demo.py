@@ -126,7 +126,7 @@ def corrupted_test_volume(template: BrainTemplate) -> np.ndarray:
 
 
 def demo_data(template: BrainTemplate, test_volume: np.ndarray):
-    from vmunet.splits import TrainingData
+    from vmunet.data.splits import TrainingData
 
     excluded = held_out_z()
     train_z = [z for z in range(*TRAIN_Z) if z not in excluded]
@@ -196,7 +196,7 @@ def write_prediction_nifti(path: Path, labels_zxy: np.ndarray, template: BrainTe
     """Place the (Z, X, Y) cropped prediction back into the full template grid with its affine."""
     import nibabel as nib
 
-    from vmunet.runs import atomic_write_bytes
+    from vmunet.runtime.writers import atomic_write_bytes
 
     full = np.zeros(template.full_shape, dtype=np.uint8)  # (X, Y, Z)
     full[CROP] = np.moveaxis(labels_zxy, 0, -1).astype(np.uint8)
@@ -208,10 +208,10 @@ def run_demo(run_dir: str | Path = "vmunet-demo", quick: bool = False, progress:
     """Train, evaluate in 3D, and write overlays, the predicted NIfTI and the metrics table."""
     import torch
 
-    from vmunet.engine import predict_probabilities, probabilities_to_labels
+    from vmunet.inference import predict_probabilities, probabilities_to_labels
     from vmunet.evaluate import evaluate_cases, write_evaluation
-    from vmunet.figures import write_triptychs
-    from vmunet.runs import load_model_from_run
+    from vmunet.overlay import write_triptychs
+    from vmunet.runtime.run_folder import load_model_from_run
     from vmunet.train import train
 
     run_dir = Path(run_dir)

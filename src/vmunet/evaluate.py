@@ -14,30 +14,11 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from vmunet.config import config_from_dict
-from vmunet.engine import predict_probabilities, probabilities_to_labels, progress_bar, resolve_device
-from vmunet.runs import RunInfo, load_model_from_run, read_config_dict, write_text_atomic
-
-
-def network_input(image: np.ndarray, info: RunInfo) -> torch.Tensor:
-    """(H, W[, C]) raw image -> (C, S, S) float32 normalised and resized as in training."""
-    from vmunet.data.transforms import eval_transform
-
-    image = image[..., None] if image.ndim == 2 else image
-    label = np.zeros(image.shape[:2], dtype=np.int64)
-    transform = eval_transform(info.image_size, info.normalization, interpolation=info.interpolation)
-    tensor, _ = transform(image, label, np.random.default_rng(0))
-    return tensor
-
-
-def predict_labels(model, info: RunInfo, images: list[np.ndarray], device, batch_size: int) -> list[np.ndarray]:
-    """Label maps at each image's own size for a list of same-size (H, W[, C]) images."""
-    batch = torch.stack([network_input(image, info) for image in images])  # (N, C, S, S)
-    probs = predict_probabilities(model, batch, out_size=images[0].shape[:2], batch_size=batch_size, device=device)
-    return list(probabilities_to_labels(probs).numpy())
+from vmunet.inference import Predictor
+from vmunet.runtime.device import progress_bar, resolve_device
+from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_config_dict
+from vmunet.runtime.writers import write_text_atomic
 
 
 def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_size: int = 8,
@@ -46,19 +27,16 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
     from vmunet import metrics
 
     device = resolve_device(device) if isinstance(device, str) else device
-    model = model.to(device).eval()
     classes = max(info.num_classes, 2)  # one sigmoid output = background + lesion
     names = info.label_names if len(info.label_names) == classes else default_names(classes)
+    predictor = Predictor(model, info, device=device, batch_size=batch_size)  # the path `vmunet predict` takes
     rows, masks, truths = [], [], []
     for index in progress_bar(range(len(cases)), len(cases), f"evaluating {kind}", progress):
         case = cases[index]
         if kind == "images":
-            pred = predict_labels(model, info, [case["image"]], device, batch_size)[0]
+            pred = predictor.predict_image(case["image"]).labels  # (H, W)
         else:
-            volume = case["image"]  # (D, H, W)
-            pred = np.concatenate([np.stack(predict_labels(model, info, list(volume[start:start + batch_size]),
-                                                           device, batch_size))
-                                   for start in range(0, volume.shape[0], batch_size)])
+            pred = predictor.predict_volume(case["image"]).labels  # (D, H, W[, C]) -> (D, H, W)
         if info.num_classes == 1:
             masks.append(pred.astype(bool))
             truths.append(case["label"].astype(bool))
@@ -102,7 +80,7 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str
              device: str = "auto", batch_size: int = 8, allow_pickle: bool = False, progress: bool = True,
              echo=print) -> dict:
     """Evaluate a run on ``split`` of its dataset; writes RUN_DIR/eval/{summary.json, per_case.csv}."""
-    from vmunet.splits import evaluation_cases
+    from vmunet.data.splits import evaluation_cases
 
     model, info, payload = load_model_from_run(run_dir, checkpoint, allow_pickle=allow_pickle)
     config = config_from_dict(read_config_dict(run_dir))

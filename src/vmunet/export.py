@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from vmunet.models import VMUNet
-from vmunet.runs import RunInfo, atomic_write_bytes, load_model_from_run
+from vmunet.runtime.run_folder import RunInfo, load_model_from_run
+from vmunet.runtime.writers import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript", "pt2")
 DEFAULT_OPSET = 17  # LayerNormalization as one node; onnxruntime >= 1.12 runs it

@@ -1,28 +1,14 @@
-"""Apply a trained run to new images and volumes.
+"""``vmunet predict``: apply a trained run to files and folders of images and volumes.
 
-    predictor = Predictor.from_run("runs/isic17")
-    result = predictor.predict(image)            # (H, W[, C]) -> labels (H, W), probabilities (K, H, W)
     summary = predict_paths("runs/isic17", ["photos/"], "masks/")
 
-The input goes through exactly the evaluation pipeline of training (``vmunet.data.transforms.eval_transform``
-with the run's normalisation and network size); the probabilities are resized back to the original size
-(bilinear) before the threshold (one class, 0.5) or the argmax.
-
-Channels: a grey image given to a 3-channel model is repeated to RGB; an RGB image given to a 1-channel model
-is converted to grey with the ITU-R 601 luma weights (0.299 R + 0.587 G + 0.114 B, PIL's "L"); an alpha
-channel is dropped.
-
-Volumes are predicted slice by slice, as they were trained: NIfTI arrays as stored (X, Y, Z) are sliced along
-their last axis, (D, H, W) = (Z, X, Y) as in ``vmunet.data.nifti``; Synapse ``.npy.h5`` volumes are (D, H, W)
-already. Each slice is normalised on its own, as in training and evaluation.
-
-``tta=True`` averages the probabilities of the image and its horizontal, vertical and double flips. This is
-not part of the paper's protocol: report such numbers separately.
+Input discovery (folders, file kinds, a multi-channel NIfTI case's channel files), one output per input named
+by its stem, the summary. Reading is ``vmunet.data.readers``, the prediction itself ``vmunet.inference``
+(the path evaluation uses), writing ``vmunet.runtime.writers``.
 """
 
 from __future__ import annotations
 
-import gzip
 import sys
 import time
 import zlib
@@ -33,116 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmunet.data.isic import IMAGE_SUFFIXES, read_image
-from vmunet.data.transforms import eval_transform, resize_to
-from vmunet.engine import predict_probabilities, probabilities_to_labels, resolve_device
-from vmunet.models import VMUNet
-from vmunet.runs import RunInfo, atomic_write_bytes, load_model_from_run, resolve_checkpoint
+from vmunet.data.readers import (input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_case,
+                                 read_nifti_volume)
+from vmunet.inference import Prediction, Predictor
+from vmunet.runtime.writers import mask_png, write_npy, write_nifti, write_png
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-H5_SUFFIXES = (".npy.h5", ".h5")
-GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")  # read as (H, W), without 8-bit conversion
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
-
-@dataclass
-class Prediction:
-    """labels: (H, W) or (D, H, W) int64 class ids (0/1 for one class); probabilities: (K, ...) float32 or None."""
-
-    labels: np.ndarray
-    probabilities: np.ndarray | None = None
-
-
-# ----------------------------------------------------------------------------------------------- inputs
-
-
-def input_kind(path: Path) -> str | None:
-    """"image", "nifti", "h5" or None for a file name we do not read."""
-    name = path.name.lower()
-    if name.endswith(NIFTI_SUFFIXES):
-        return "nifti"
-    if name.endswith(H5_SUFFIXES):
-        return "h5"
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return "image"
-    return None
-
-
-def output_stem(path: Path) -> str:
-    """The file name without its (possibly double) extension: case.nii.gz -> case, case.npy.h5 -> case."""
-    name = path.name
-    for suffix in NIFTI_SUFFIXES + H5_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
-
-
-def read_image_file(path: Path) -> np.ndarray:
-    """(H, W) grey or (H, W, 3) RGB array with the file's own value range (16-bit stays 16-bit)."""
-    return read_image(path, "RGB", keep_modes=GREY_MODES)
-
-
-def read_h5_volume(path: Path) -> np.ndarray:
-    """The ``image`` dataset (D, H, W) of a Synapse ``.npy.h5`` test volume.
-
-    A single-file twin of ``vmunet.data.synapse.SynapseVolumes`` (which needs the dataset's list files);
-    the label, if present, is not read.
-    """
-    try:
-        import h5py
-    except ImportError as exc:
-        raise ImportError("reading .h5 volumes needs h5py: pip install h5py") from exc
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: cannot read HDF5 file: empty file (0 bytes)")
-    try:
-        with h5py.File(path, "r") as f:
-            if "image" not in f:
-                raise ValueError(f"{path}: HDF5 file has no dataset 'image' (found: {', '.join(sorted(f)) or 'none'})")
-            volume = np.asarray(f["image"][()], dtype=np.float32)
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read HDF5 file: {exc}") from exc
-    if volume.ndim != 3:
-        raise ValueError(f"{path}: image has shape {volume.shape}, expected (D, H, W)")
-    return volume
-
-
-def read_nifti_case(paths: list[Path], case: str):
-    """(volume float32 = stored (Z, X, Y): (D, H, W) for one file, (D, H, W, C) for one file per channel; the
-    first file's nibabel image for affine and header)."""
-    import nibabel as nib
-
-    from vmunet.data.nifti import read_volume
-
-    return read_volume(paths, None, None, case)["image"], nib.load(paths[0])  # the second load reads the header
-
-
-def read_nifti_volume(path: Path):
-    """(volume (D, H, W) float32 = stored (Z, X, Y), the nibabel image for its affine and header)."""
-    volume, reference = read_nifti_case([path], output_stem(path))
-    if volume.ndim != 3:
-        raise ValueError(f"{path}: expected a one-channel 3D volume, found shape {volume.shape}")
-    return volume, reference
-
-
-def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """(H, W[, C]) -> (H, W, channels) float32: grey repeated to RGB, RGB to grey by luma, alpha dropped."""
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3:
-        raise ValueError(f"expected an image of shape (H, W) or (H, W, C), got {image.shape}")
-    if image.shape[2] == channels:  # e.g. the modalities of a multi-channel volume's slice, never alpha here
-        return image
-    if image.shape[2] in (2, 4):  # grey + alpha, RGB + alpha
-        image = image[..., :-1]
-    have = image.shape[2]
-    if have == channels:
-        return image
-    if have == 1:
-        return np.repeat(image, channels, axis=2)
-    if have == 3 and channels == 1:
-        return (image @ LUMA)[..., None]
-    raise ValueError(f"cannot feed an image with {have} channels to a model with {channels} input channels")
+__all__ = ["PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files", "plan_outputs",
+           "predict_paths"]
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -166,174 +49,6 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple
         else:
             files.append(path)
     return list(dict.fromkeys(files)), problems
-
-
-# -------------------------------------------------------------------------------------------- predictor
-
-
-class Predictor:
-    """A trained model with the run's preprocessing: arrays or files in, label maps of the input's size out."""
-
-    def __init__(self, model: VMUNet, info: RunInfo, device: str | torch.device = "auto", tta: bool = False,
-                 batch_size: int = 8):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-        self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
-        self.info = info
-        self.tta = tta
-        self.batch_size = batch_size
-        self.transform = eval_transform(info.image_size, info.normalization, resize_label=False,
-                                        interpolation=info.interpolation)
-
-    @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", tta: bool = False,
-                 batch_size: int = 8, allow_pickle: bool = False) -> Predictor:
-        path = resolve_checkpoint(run_dir, checkpoint)
-        last = resolve_checkpoint(run_dir, "last")
-        if checkpoint == "best" and not path.is_file() and last.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint not found (the run has no best checkpoint yet; "
-                                    "use --checkpoint last)")
-        model, info, _ = load_model_from_run(run_dir, checkpoint, allow_pickle=allow_pickle)
-        return cls(model, info, device=device, tta=tta, batch_size=batch_size)
-
-    @property
-    def num_classes(self) -> int:
-        return self.info.num_classes
-
-    def network_input(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W[, C]) raw image -> (input_channels, S, S) float32, normalised and resized as in evaluation."""
-        image = to_channels(image, self.info.input_channels)  # (H, W, C)
-        tensor, _ = self.transform(image, None, np.random.default_rng(0))  # eval: no randomness used
-        return tensor
-
-    def _network_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, C, S, S) -> (N, K, S, S) float32 probabilities on the CPU."""
-        with torch.inference_mode():
-            return predict_probabilities(self.model, batch, batch_size=self.batch_size, device=self.device,
-                                         tta=self.tta)
-
-    def predict_images(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Images of any sizes, predicted in batches; each result at its image's own size."""
-        results = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            inputs = [self.network_input(image) for image in chunk]
-            results.extend(self.predict_inputs(inputs, [image.shape[:2] for image in chunk]))
-        return results
-
-    def predict_inputs(self, inputs: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
-        """``network_input`` tensors (C, S, S) and the original (H, W) of each -> predictions at those sizes."""
-        probs = self._network_probabilities(torch.stack(list(inputs)))  # (N, K, S, S)
-        results = []
-        for p, size in zip(probs, sizes):
-            p = resize_to(p, tuple(size))  # (K, H, W), bilinear on probabilities
-            results.append(Prediction(probabilities_to_labels(p[None])[0].numpy(), p.numpy()))
-        return results
-
-    def predict_image(self, image: np.ndarray) -> Prediction:
-        return self.predict_images([image])[0]
-
-    def predict_volume(self, volume: np.ndarray, keep_probabilities: bool = False) -> Prediction:
-        """(D, H, W) volume, or (D, H, W, C) with the model's C input channels -> labels (D, H, W), slices along
-        axis 0; probabilities (K, D, H, W) on request."""
-        volume = np.asarray(volume)
-        if volume.ndim == 4 and volume.shape[3] != self.info.input_channels:
-            raise ValueError(f"volume has {volume.shape[3]} channels, the model takes {self.info.input_channels}")
-        if volume.ndim not in (3, 4):
-            raise ValueError(f"expected a volume of shape (D, H, W) or (D, H, W, C), got {volume.shape}")
-        if volume.ndim == 3 and self.info.is_volumetric and self.info.input_channels > 1:
-            # Repeating one modality into the others would predict quietly and wrongly.
-            raise ValueError(f"the model takes {self.info.input_channels} channels per voxel: pass a (D, H, W, "
-                             f"{self.info.input_channels}) volume or the case's channel files")
-        labels, probs = [], []
-        for start in range(0, volume.shape[0], self.batch_size):
-            slices = volume[start:start + self.batch_size]
-            batch = torch.stack([self.network_input(s) for s in slices])  # (n, C, S, S)
-            p = resize_to(self._network_probabilities(batch), volume.shape[1:3])  # (n, K, H, W)
-            labels.append(probabilities_to_labels(p).numpy())
-            if keep_probabilities:
-                probs.append(p.numpy())
-        probabilities = np.concatenate(probs).transpose(1, 0, 2, 3) if keep_probabilities else None
-        return Prediction(np.concatenate(labels), probabilities)
-
-    def _predict_stored_order(self, volume: np.ndarray) -> Prediction:
-        """A NIfTI volume read as (D, H, W[, C]) -> labels and probabilities in the file's stored (X, Y, Z) order."""
-        result = self.predict_volume(volume, keep_probabilities=True)
-        return Prediction(np.moveaxis(result.labels, 0, -1), np.moveaxis(result.probabilities, 1, -1))
-
-    def predict(self, array_or_path: np.ndarray | str | Path | Sequence[str | Path]) -> Prediction:
-        """An image (H, W), (H, W, 1|3|4) or a volume (D, H, W); or an image, NIfTI or .h5 file; or a list of
-        NIfTI files, one per input channel (CASE_0000.nii.gz, CASE_0001.nii.gz, ...).
-
-        Arrays of 3 dimensions whose last size is 1, 3 or 4 are images; other 3D arrays are volumes. For
-        NIfTI paths the labels come back in the files' stored axis order, so they line up with their data.
-        """
-        if isinstance(array_or_path, (list, tuple)):
-            paths = [Path(p) for p in array_or_path]
-            return self._predict_stored_order(read_nifti_case(paths, output_stem(paths[0]))[0])
-        if isinstance(array_or_path, (str, Path)):
-            path = Path(array_or_path)
-            kind = input_kind(path)
-            if kind is None:
-                raise ValueError(f"{path}: unsupported file type (expected an image, .nii, .nii.gz or .npy.h5)")
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: input not found")
-            if kind == "image":
-                return self.predict_image(read_image_file(path))
-            if kind == "h5":
-                return self.predict_volume(read_h5_volume(path), keep_probabilities=True)
-            return self._predict_stored_order(read_nifti_volume(path)[0])
-        array = np.asarray(array_or_path)
-        if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
-            return self.predict_image(array)
-        if array.ndim == 3:
-            return self.predict_volume(array, keep_probabilities=True)
-        raise ValueError(f"expected an image (H, W[, C]) or a volume (D, H, W), got shape {array.shape}")
-
-
-# ---------------------------------------------------------------------------------------------- outputs
-
-
-def mask_png(labels: np.ndarray, num_classes: int):
-    """(H, W) class ids -> PIL image: 0/255 for one class, the ids themselves for several."""
-    from PIL import Image
-
-    if num_classes == 1:
-        return Image.fromarray((labels > 0).astype(np.uint8) * 255)
-    if num_classes <= 256:
-        return Image.fromarray(labels.astype(np.uint8))
-    return Image.fromarray(labels.astype(np.uint16))
-
-
-def write_png(path: Path, picture) -> None:
-    atomic_write_bytes(path, lambda handle: picture.save(handle, format="PNG"))
-
-
-def write_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write_bytes(path, lambda handle: np.save(handle, array))
-
-
-def write_nifti(path: Path, data: np.ndarray, reference, intent: str | None = None, compresslevel: int = 6) -> None:
-    """Write ``data`` (stored axis order) with ``reference``'s affine and header (None: identity affine)."""
-    import nibabel as nib
-
-    if reference is None:
-        image = nib.Nifti1Image(data, np.eye(4))
-    else:
-        image = type(reference)(data, reference.affine, header=reference.header.copy())
-    image.set_data_dtype(data.dtype)
-    image.header.set_slope_inter(1.0, 0.0)  # the input's intensity scaling must not rescale labels
-    image.header["cal_min"], image.header["cal_max"] = float(data.min(initial=0)), float(data.max(initial=0))
-    if intent is not None:
-        image.header.set_intent(intent)
-    payload = image.to_bytes()
-    if path.name.lower().endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=compresslevel, mtime=0)
-    atomic_write_bytes(path, lambda handle: handle.write(payload))
-
-
-# ------------------------------------------------------------------------------------------- workflow
 
 
 @dataclass
@@ -455,7 +170,7 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     An input that cannot be read or predicted is reported (one line through ``report``) and skipped; the
     others are still predicted, and the summary's ``exit_code`` is 1.
     """
-    from vmunet.runs import read_run_info
+    from vmunet.runtime.run_folder import read_run_info
 
     out_dir = Path(out_dir)
     files, problems = collect_inputs(inputs)

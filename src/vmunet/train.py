@@ -26,13 +26,14 @@ from torch.utils.data import DataLoader
 import vmunet
 from vmunet.config import TrainConfig, config_from_dict
 from vmunet.data.transforms import recipe_interpolation
-from vmunet.distributed import (DistInfo, EpochSampler, all_finite, barrier, check_replicas_in_sync, init_distributed,
-                                mean_over_ranks, shutdown_distributed)
-from vmunet.engine import autocast, needs_grad_scaler, progress_bar, seed_everything
+from vmunet.data.splits import TrainingData, prepare_training_data
 from vmunet.models import create_model, load_pretrained_vmamba
-from vmunet.runs import (RunInfo, checkpoint_dir, load_checkpoint, load_weights, read_config_dict, save_checkpoint,
-                         write_config, write_run_info, write_text_atomic)
-from vmunet.splits import TrainingData, prepare_training_data
+from vmunet.runtime.device import autocast, needs_grad_scaler, progress_bar, seed_everything
+from vmunet.runtime.distributed import (DistInfo, EpochSampler, all_finite, barrier, check_replicas_in_sync,
+                                        init_distributed, mean_over_ranks, shutdown_distributed)
+from vmunet.runtime.run_folder import (RunInfo, checkpoint_dir, load_checkpoint, load_weights, read_config_dict,
+                                       save_checkpoint, write_config, write_run_info)
+from vmunet.runtime.writers import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

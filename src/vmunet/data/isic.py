@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from vmunet.data.checks import check_same_shape
+from vmunet.data.readers import IMAGE_SUFFIXES, read_image
 
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}
 MASK_STEM_SUFFIXES = ("_segmentation", "_Segmentation")  # ISIC 2016-2018 mask names
 
@@ -23,23 +22,6 @@ def available_splits(root: str | Path) -> list[str]:
     """The splits of ``root`` that have an ``images/`` folder, in the order train, val, test."""
     root = Path(root)
     return [split for split in SPLITS if (root / split / "images").is_dir()]
-
-
-def read_image(path: Path, mode: str | None = None, keep_modes: tuple[str, ...] = ()) -> np.ndarray:
-    """Decode an image file fully (so that a truncated file fails here, naming it).
-
-    The image is converted to ``mode`` unless its mode is already ``mode`` or one of ``keep_modes``.
-    """
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if mode is not None and img.mode != mode and img.mode not in keep_modes:
-                img = img.convert(mode)
-            return np.asarray(img)
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for empty, truncated, unknown files
-        size = path.stat().st_size if path.exists() else None
-        what = "empty file (0 bytes)" if size == 0 else f"{type(exc).__name__}: {exc}"
-        raise ValueError(f"{path}: cannot read image: {what}") from exc
 
 
 def read_binary_mask(path: Path) -> np.ndarray:

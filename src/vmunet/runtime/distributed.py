@@ -37,7 +37,7 @@ def launched_by_torchrun() -> bool:
 
 def init_distributed(device_name: str, timeout_minutes: float = 30.0) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun; returns (DistInfo, this rank's device)."""
-    from vmunet.engine import resolve_device
+    from vmunet.runtime.device import resolve_device
 
     if not launched_by_torchrun():
         return DistInfo(), resolve_device(device_name)

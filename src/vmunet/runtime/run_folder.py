@@ -1,4 +1,4 @@
-"""Run folders: a self-describing directory per training run, and atomic checkpoint I/O.
+"""Run folders: a self-describing directory per training run, and its checkpoint I/O (atomic writes).
 
     RUN_DIR/config.yaml          the resolved TrainConfig
     RUN_DIR/run.json             what inference needs: model config, label names, normalisation, image size
@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import torch
 import yaml
 
 from vmunet.models import VMUNet, create_model
+from vmunet.runtime.writers import atomic_write_bytes, write_text_atomic
 
 
 @dataclass
@@ -55,28 +54,8 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename: a crash never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     atomic_write_bytes(Path(path), lambda handle: torch.save(payload, handle))
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    atomic_write_bytes(Path(path), lambda handle: handle.write(text.encode()))
 
 
 def load_checkpoint(path: str | Path, allow_pickle: bool = False) -> dict:

@@ -1,0 +1,103 @@
+"""Reading one file: images (PNG, JPG, TIFF, BMP), Synapse ``.npy.h5`` volumes, NIfTI volumes and cases.
+
+The dataset readers (``isic``, ``synapse``, ``nifti``) and prediction read files through these functions, so
+training and prediction decode a file the same way. Every error names the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+H5_SUFFIXES = (".npy.h5", ".h5")
+GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")  # read as (H, W), without 8-bit conversion
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def input_kind(path: Path) -> str | None:
+    """"image", "nifti", "h5" or None for a file name we do not read."""
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(H5_SUFFIXES):
+        return "h5"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return "image"
+    return None
+
+
+def output_stem(path: Path) -> str:
+    """The file name without its (possibly double) extension: case.nii.gz -> case, case.npy.h5 -> case."""
+    name = path.name
+    for suffix in NIFTI_SUFFIXES + H5_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """(H, W) grey or (H, W, 3) RGB array with the file's own value range (16-bit stays 16-bit)."""
+    return read_image(path, "RGB", keep_modes=GREY_MODES)
+
+
+def read_h5_volume(path: Path) -> np.ndarray:
+    """The ``image`` dataset (D, H, W) of a Synapse ``.npy.h5`` test volume.
+
+    A single-file twin of ``vmunet.data.synapse.SynapseVolumes`` (which needs the dataset's list files);
+    the label, if present, is not read.
+    """
+    try:
+        import h5py
+    except ImportError as exc:
+        raise ImportError("reading .h5 volumes needs h5py: pip install h5py") from exc
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: cannot read HDF5 file: empty file (0 bytes)")
+    try:
+        with h5py.File(path, "r") as f:
+            if "image" not in f:
+                raise ValueError(f"{path}: HDF5 file has no dataset 'image' (found: {', '.join(sorted(f)) or 'none'})")
+            volume = np.asarray(f["image"][()], dtype=np.float32)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read HDF5 file: {exc}") from exc
+    if volume.ndim != 3:
+        raise ValueError(f"{path}: image has shape {volume.shape}, expected (D, H, W)")
+    return volume
+
+
+def read_nifti_case(paths: list[Path], case: str):
+    """(volume float32 = stored (Z, X, Y): (D, H, W) for one file, (D, H, W, C) for one file per channel; the
+    first file's nibabel image for affine and header)."""
+    import nibabel as nib
+
+    from vmunet.data.nifti import read_volume
+
+    return read_volume(paths, None, None, case)["image"], nib.load(paths[0])  # the second load reads the header
+
+
+def read_nifti_volume(path: Path):
+    """(volume (D, H, W) float32 = stored (Z, X, Y), the nibabel image for its affine and header)."""
+    volume, reference = read_nifti_case([path], output_stem(path))
+    if volume.ndim != 3:
+        raise ValueError(f"{path}: expected a one-channel 3D volume, found shape {volume.shape}")
+    return volume, reference
+
+
+def read_image(path: Path, mode: str | None = None, keep_modes: tuple[str, ...] = ()) -> np.ndarray:
+    """Decode an image file fully (so that a truncated file fails here, naming it).
+
+    The image is converted to ``mode`` unless its mode is already ``mode`` or one of ``keep_modes``.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if mode is not None and img.mode != mode and img.mode not in keep_modes:
+                img = img.convert(mode)
+            return np.asarray(img)
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for empty, truncated, unknown files
+        size = path.stat().st_size if path.exists() else None
+        what = "empty file (0 bytes)" if size == 0 else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: cannot read image: {what}") from exc
