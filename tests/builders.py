@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 
@@ -66,3 +67,52 @@ def make_synapse(root: Path, train_cases=3, test_cases=2, depth=4, size=(32, 32)
     (root / "lists" / "lists_Synapse" / "train.txt").write_text("\n".join(train_names) + "\n")
     (root / "lists" / "lists_Synapse" / "test_vol.txt").write_text("\n".join(test_names) + "\n")
     return root
+
+
+
+class ThresholdModel(torch.nn.Module):
+    """A stand-in network with a known output, for geometry tests: class k wherever the input's first channel
+    is nearest to k (one class: foreground where it is above 0.5). Like VMUNet it takes only inputs whose H and
+    W are multiples of 32, so a caller that skips the run's resize fails."""
+
+    def __init__(self, num_classes: int = 1, input_channels: int = 1):
+        super().__init__()
+        self.num_classes, self.input_channels = num_classes, input_channels
+        self.scale = torch.nn.Parameter(torch.tensor(40.0))  # a parameter, so that the model has a device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.ndim == 4 and x.shape[1] == self.input_channels, x.shape
+        assert x.shape[2] % 32 == 0 and x.shape[3] % 32 == 0, f"not resized to the network size: {x.shape}"
+        value = x[:, :1]
+        if self.num_classes == 1:
+            return self.scale * (value - 0.5)
+        centres = torch.arange(self.num_classes, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return -self.scale * (value - centres) ** 2
+
+
+def threshold_predictor(num_classes=1, input_channels=1, image_size=64, dataset="nifti", tta=False):
+    """(Predictor around ThresholdModel with normalisation "none", its RunInfo): the expected labels are known."""
+    from vmunet.inference import Predictor
+    from vmunet.runtime.run_folder import RunInfo
+
+    model = ThresholdModel(num_classes, input_channels)
+    names = ["background", "lesion"] if num_classes == 1 else [f"class{i}" for i in range(num_classes)]
+    info = RunInfo(model_preset="threshold", model_config={"num_classes": num_classes,
+                                                           "input_channels": input_channels},
+                   label_names=names, normalization="none", image_size=image_size, dataset=dataset, version="test")
+    return Predictor(model, info, device="cpu", tta=tta, batch_size=4), info
+
+
+def asymmetric_labels(height: int, width: int, binary: bool = False, shift: int = 0) -> np.ndarray:
+    """(H, W) label map of large blocks (classes 0, 1, 2; 0/1 if binary) that no flip, rotation or transpose
+    maps onto itself; ``shift`` moves the blocks down, for slices that differ."""
+    labels = np.zeros((height, width), np.int64)
+    labels[shift: height // 2 + shift, : width // 3] = 1
+    labels[height // 2 + shift:, width // 2:] = 1 if binary else 2
+    labels[height // 5: height // 3, width // 2: width - 4] = 1
+    return labels
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of equal pixels (resizing to the network and back blurs block edges by a pixel or so)."""
+    return float(np.mean(np.asarray(a) == np.asarray(b)))

@@ -74,3 +74,14 @@ def test_threshold_baseline_equals_brute_force_search():
     pooled = demo.threshold_baseline([{"image": np.concatenate([c["image"] for c in cases]),
                                        "label": np.concatenate([c["label"] for c in cases])}], steps=24)
     assert pooled["mean_dice"] == pytest.approx(score, abs=1e-12)
+
+
+def test_the_demo_predicts_its_volume_through_the_runs_inference_path():
+    """Normalisation, resize to the network and back, as evaluate and predict (issue 13: the demo fed the raw
+    slices to the model, at their own size). The threshold model rejects inputs not resized to the network."""
+    from builders import agreement, asymmetric_labels, threshold_predictor
+
+    predictor, info = threshold_predictor(num_classes=3, image_size=64, dataset="demo")
+    volume = np.stack([asymmetric_labels(50, 70, shift=s) for s in range(3)])  # (Z, X, Y), not a multiple of 32
+    labels = demo.predict_volume_labels(predictor.model, info, volume.astype(np.float32))
+    assert labels.shape == volume.shape and agreement(labels, volume) > 0.99

@@ -152,3 +152,17 @@ def test_tiny_model_batch_backward_through_the_fast_scan_matches_reference():
         grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters()}
     for name, g in grads["torch"].items():
         torch.testing.assert_close(g, grads["ref"][name], rtol=1e-7, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_a_float64_model_returns_float64_logits():
+    """forward() cast every output to float32, so a float64 model lost its precision at the very end (issue 13)."""
+    torch.manual_seed(0)
+    model = create_model("vmunet-tiny", num_classes=2, drop_path_rate=0.0).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        single = model(x)
+        double = model.double()(x.double())
+    assert single.dtype == torch.float32 and double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), single, atol=1e-4, rtol=1e-4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.float()(x).dtype == torch.float32  # autocast's bfloat16 logits still come out float32

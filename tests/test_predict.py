@@ -246,3 +246,36 @@ def test_multichannel_nifti_cases_are_grouped_like_nnunet(tmp_path):
     assert not np.array_equal(predictor.predict_volume(both[..., ::-1].copy()).labels, np.moveaxis(predicted, -1, 0))
     with pytest.raises(ValueError, match="takes 2 channels per voxel"):
         predictor.predict_volume(both[..., 0])
+
+
+def test_predictor_takes_multichannel_slices_and_volumes_as_readme_says():
+    """(H, W, C) slices and (D, H, W, C) volumes of a multi-channel model (issue 13: every 4-D array was an error,
+    and an (H, W, 2) slice went down the volume path). The model is a known threshold of channel 0."""
+    from builders import agreement, asymmetric_labels, threshold_predictor
+
+    predictor, _ = threshold_predictor(num_classes=3, input_channels=2)
+    truth = np.stack([asymmetric_labels(40, 56, shift=s) for s in range(3)])  # (D, H, W)
+    noise = np.random.default_rng(0).random(truth.shape)
+    volume = np.stack([truth, noise], axis=-1).astype(np.float32)  # (D, H, W, 2): channel 0 carries the classes
+    result = predictor.predict(volume)
+    assert result.labels.shape == (3, 40, 56) and result.probabilities.shape == (3, 3, 40, 56)
+    assert agreement(result.labels, truth) > 0.99
+    one = predictor.predict(volume[1])  # (H, W, 2): a slice, not a volume of 40 slices of 56 x 2
+    assert one.labels.shape == (40, 56) and agreement(one.labels, truth[1]) > 0.99
+    with pytest.raises(ValueError, match="volume has 3 channels, the model takes 2"):
+        predictor.predict(np.zeros((2, 40, 56, 3), np.float32))
+
+
+def test_a_bug_inside_prediction_propagates_instead_of_skipping_the_file(volume_run, tmp_path, monkeypatch):
+    """Only reading is guarded: an error raised by the prediction itself is a bug, not 'skipped FILE'."""
+    (tmp_path / "in").mkdir()
+    write_nifti(tmp_path / "in" / "case_0000.nii.gz")
+
+    def broken(self, volume, keep_probabilities=False):
+        raise KeyError("a programming error")
+
+    monkeypatch.setattr(Predictor, "predict_volume", broken)
+    lines = []
+    with pytest.raises(KeyError, match="a programming error"):
+        predict_paths(volume_run, [tmp_path / "in"], tmp_path / "out", device="cpu", report=lines.append)
+    assert not lines

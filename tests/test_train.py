@@ -132,3 +132,73 @@ def test_synapse_run_and_per_organ_evaluation(tmp_path):
     with open(run_dir / "eval" / "per_case.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["case_id"] for row in rows[:2]] == ["case0100", "case0101"]
+
+
+def test_ranks_probing_the_run_folder_at_once_do_not_delete_each_others_probe(tmp_path, monkeypatch):
+    """A torchrun --resume: every rank checks the folder at the same moment (issue 13: one shared .write-test file,
+    deleted under the others, made the job fail with 'not writable (No such file or directory)')."""
+    import os
+
+    import vmunet.train as training
+
+    real_fsync, probes = os.fsync, []
+
+    def fsync_while_another_rank_probes(fd):
+        real_fsync(fd)
+        if not probes:
+            probes.append(fd)
+            training.check_writable(tmp_path)  # the other rank runs its whole check in the middle of ours
+
+    monkeypatch.setattr(os, "fsync", fsync_while_another_rank_probes)
+    training.check_writable(tmp_path)
+    assert probes and list(tmp_path.iterdir()) == []  # both probes gone, neither tripped over the other
+
+
+def test_weight_decay_spares_biases_norms_d_and_a_and_decays_every_weight_matrix():
+    from vmunet.config import TrainConfig
+    from vmunet.models import create_model
+    from vmunet.train import parameter_groups
+
+    model = create_model("vmunet-tiny")
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed, spared = parameter_groups(model, TrainConfig(weight_decay=0.01))
+    assert (decayed["weight_decay"], spared["weight_decay"]) == (0.01, 0.0)
+    decayed = {names[id(p)] for p in decayed["params"]}
+    spared = {names[id(p)] for p in spared["params"]}
+    assert decayed | spared == set(names.values()) and not decayed & spared
+    # Written from the rule, not from the code: the conv / linear / projection weights, and nothing else.
+    shapes = dict(model.named_parameters())
+    expected_decay = {n for n in names.values()
+                      if (n.endswith(".weight") and shapes[n].ndim >= 2) or n.endswith(("x_proj_weight",
+                                                                                       "dt_projs_weight"))}
+    assert decayed == expected_decay
+    assert any(n.endswith("dt_projs_bias") for n in spared)  # the 2-D bias of the SS2D: a bias all the same
+    assert all(n.endswith(("bias", "A_logs", "Ds")) or shapes[n].ndim == 1 for n in spared)
+    everything = parameter_groups(model, TrainConfig(weight_decay=0.01, paper_weight_decay=True))
+    assert len(everything) == 1 and len(everything[0]["params"]) == len(names)
+
+
+def test_binary_image_summary_states_one_empty_mask_rule_per_field():
+    """ISIC: mean_dice scored empty/empty as 0 while per_image_mean scored it 1 (issue 13). Now the per-image
+    fields share one rule, written into the summary; pooled counts pixels over all images."""
+    from builders import threshold_predictor
+    from vmunet.evaluate import evaluate_cases
+
+    predictor, info = threshold_predictor(num_classes=1, input_channels=3, dataset="isic")
+    disc = np.zeros((40, 48), np.int64)
+    disc[10:30, 12:36] = 1
+    empty = np.zeros_like(disc)
+
+    def case(image_mask, truth, name):  # the threshold model predicts exactly image_mask
+        return {"image": np.repeat(image_mask[..., None], 3, -1).astype(np.float32), "label": truth, "case_id": name}
+
+    cases = [case(disc, disc, "hit"), case(empty, empty, "both_empty"), case(disc, empty, "false_alarm")]
+    evaluation = evaluate_cases(predictor.model, info, "images", cases, device="cpu", progress=False)
+    summary = evaluation["summary"]
+    per_case = {c["case_id"]: c["dice"] for c in summary["per_case"]}
+    assert per_case["hit"] == pytest.approx(1.0, abs=0.02)
+    assert per_case["both_empty"] == 1.0 and per_case["false_alarm"] == 0.0
+    assert summary["mean_dice"] == pytest.approx(summary["per_image_mean"]["dsc"])
+    assert summary["mean_dice"] == pytest.approx(2 / 3, abs=0.01)
+    assert summary["pooled"]["dsc"] == pytest.approx(2 * 480 / (2 * 480 + 480), abs=0.02)  # 480 px hit, 480 px wrong
+    assert set(summary["empty_mask_policy"]) >= {"pooled", "per_image_mean"}

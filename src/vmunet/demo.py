@@ -204,11 +204,16 @@ def write_prediction_nifti(path: Path, labels_zxy: np.ndarray, template: BrainTe
     atomic_write_bytes(path, lambda handle: handle.write(image.to_bytes()))
 
 
+def predict_volume_labels(model, info, volume: np.ndarray) -> np.ndarray:
+    """(Z, X, Y) labels of a (Z, X, Y) volume through the run's own inference path (``vmunet.inference``):
+    its normalisation, network size and interpolation, resized back, as evaluate and predict do."""
+    from vmunet.inference import Predictor
+
+    return Predictor(model, info, device="auto", batch_size=16).predict_volume(volume).labels
+
+
 def run_demo(run_dir: str | Path = "vmunet-demo", quick: bool = False, progress: bool = True, echo=print) -> dict:
     """Train, evaluate in 3D, and write overlays, the predicted NIfTI and the metrics table."""
-    import torch
-
-    from vmunet.inference import predict_probabilities, probabilities_to_labels
     from vmunet.evaluate import evaluate_cases, write_evaluation
     from vmunet.overlay import write_triptychs
     from vmunet.runtime.run_folder import load_model_from_run
@@ -236,11 +241,7 @@ def run_demo(run_dir: str | Path = "vmunet-demo", quick: bool = False, progress:
          + ", ".join(f"{k} {v:.4f}" for k, v in baseline["dice_per_class"].items()))
 
     # The whole corrupted volume, predicted slice-wise, as NIfTI on the template grid; overlays of the slabs.
-    from vmunet.data.transforms import normalize
-
-    slices = torch.from_numpy(np.stack([normalize(s[..., None], info.normalization) for s in test_volume]))
-    slices = slices.permute(0, 3, 1, 2).float()  # (Z, 1, H, W)
-    labels = probabilities_to_labels(predict_probabilities(model, slices, batch_size=16)).numpy()
+    labels = predict_volume_labels(model, info, test_volume)
     write_prediction_nifti(run_dir / "prediction.nii.gz", labels, template)
     overlays = write_triptychs(run_dir / "overlays", test_volume, template.labels, labels,
                                [(a + b) // 2 for a, b in TEST_SLABS])

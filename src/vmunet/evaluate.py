@@ -6,6 +6,9 @@
 - Volumes (Synapse, NIfTI, the demo): slice-wise prediction along the first axis, probabilities resized
   back to the slice size, argmax, then per-organ DSC and HD95 per case (HD95 in mm when the spacing is
   known, in voxels otherwise, as the Synapse protocol), mean over organs and cases.
+
+Empty masks: each field of ``summary.json`` follows one stated rule, written beside it as
+``empty_mask_policy`` (``vmunet.metrics.IMAGE_POLICY`` for binary images, ``VOLUME_POLICY`` for volumes).
 """
 
 from __future__ import annotations
@@ -40,10 +43,16 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
         if info.num_classes == 1:
             masks.append(pred.astype(bool))
             truths.append(case["label"].astype(bool))
-        rows.append(metrics.synapse_case_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
-                                                 case_id=case["case_id"]))
+        if kind == "images" and info.num_classes == 1:
+            rows.append(metrics.binary_image_metrics(pred, case["label"], spacing=case.get("spacing"),
+                                                     case_id=case["case_id"]))
+        else:
+            rows.append(metrics.synapse_case_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
+                                                     case_id=case["case_id"]))
     summary = metrics.summarize_cases(rows, names)
     summary["cases"] = len(rows)
+    binary_images = kind == "images" and info.num_classes == 1
+    summary["empty_mask_policy"] = dict(metrics.IMAGE_POLICY if binary_images else metrics.VOLUME_POLICY)
     table = metrics.format_table(rows, names, per_case=kind == "volumes")
     if info.num_classes == 1:  # the ISIC protocol: pixels pooled over all images, and the per-image mean
         summary["pooled"] = metrics.pooled_binary_metrics(masks, truths)

@@ -161,18 +161,27 @@ class Predictor:
     def predict_image(self, image: np.ndarray) -> Prediction:
         return self.predict_images([image])[0]
 
+    def check_image(self, image: np.ndarray) -> None:
+        """Raise ValueError, naming the shape, when ``image`` cannot be fed to this model."""
+        to_channels(image, self.info.input_channels)
+
+    def check_volume(self, volume: np.ndarray) -> None:
+        """Raise ValueError, naming the shape, when ``volume`` cannot be fed to this model."""
+        shape = np.shape(volume)
+        if len(shape) == 4 and shape[3] != self.info.input_channels:
+            raise ValueError(f"volume has {shape[3]} channels, the model takes {self.info.input_channels}")
+        if len(shape) not in (3, 4):
+            raise ValueError(f"expected a volume of shape (D, H, W) or (D, H, W, C), got {shape}")
+        if len(shape) == 3 and self.info.is_volumetric and self.info.input_channels > 1:
+            # Repeating one modality into the others would predict quietly and wrongly.
+            raise ValueError(f"the model takes {self.info.input_channels} channels per voxel: pass a (D, H, W, "
+                             f"{self.info.input_channels}) volume or the case's channel files")
+
     def predict_volume(self, volume: np.ndarray, keep_probabilities: bool = False) -> Prediction:
         """(D, H, W) volume, or (D, H, W, C) with the model's C input channels -> labels (D, H, W), slices along
         axis 0; probabilities (K, D, H, W) on request."""
         volume = np.asarray(volume)
-        if volume.ndim == 4 and volume.shape[3] != self.info.input_channels:
-            raise ValueError(f"volume has {volume.shape[3]} channels, the model takes {self.info.input_channels}")
-        if volume.ndim not in (3, 4):
-            raise ValueError(f"expected a volume of shape (D, H, W) or (D, H, W, C), got {volume.shape}")
-        if volume.ndim == 3 and self.info.is_volumetric and self.info.input_channels > 1:
-            # Repeating one modality into the others would predict quietly and wrongly.
-            raise ValueError(f"the model takes {self.info.input_channels} channels per voxel: pass a (D, H, W, "
-                             f"{self.info.input_channels}) volume or the case's channel files")
+        self.check_volume(volume)
         labels, probs = [], []
         for start in range(0, volume.shape[0], self.batch_size):
             slices = volume[start:start + self.batch_size]
@@ -190,10 +199,11 @@ class Predictor:
         return Prediction(np.moveaxis(result.labels, 0, -1), np.moveaxis(result.probabilities, 1, -1))
 
     def predict(self, array_or_path: np.ndarray | str | Path | Sequence[str | Path]) -> Prediction:
-        """An image (H, W), (H, W, 1|3|4) or a volume (D, H, W); or an image, NIfTI or .h5 file; or a list of
-        NIfTI files, one per input channel (CASE_0000.nii.gz, CASE_0001.nii.gz, ...).
+        """An image (H, W), (H, W, C) or a volume (D, H, W), (D, H, W, C); or an image, NIfTI or .h5 file; or a
+        list of NIfTI files, one per input channel (CASE_0000.nii.gz, CASE_0001.nii.gz, ...).
 
-        Arrays of 3 dimensions whose last size is 1, 3 or 4 are images; other 3D arrays are volumes. For
+        Arrays of 3 dimensions whose last size is 1 to 4 or the model's channel count are images; other 3D
+        arrays are (D, H, W) volumes; 4D arrays are (D, H, W, C) volumes. For
         NIfTI paths the labels come back in the files' stored axis order, so they line up with their data.
         """
         if isinstance(array_or_path, (list, tuple)):
@@ -212,8 +222,14 @@ class Predictor:
                 return self.predict_volume(read_h5_volume(path), keep_probabilities=True)
             return self._predict_stored_order(read_nifti_volume(path)[0])
         array = np.asarray(array_or_path)
-        if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4)):
+        if array.ndim == 2 or (array.ndim == 3 and self.is_channel_axis(array.shape[2])):
             return self.predict_image(array)
-        if array.ndim == 3:
+        if array.ndim in (3, 4):
             return self.predict_volume(array, keep_probabilities=True)
-        raise ValueError(f"expected an image (H, W[, C]) or a volume (D, H, W), got shape {array.shape}")
+        raise ValueError(f"expected an image (H, W[, C]) or a volume (D, H, W[, C]), got shape {array.shape}")
+
+    def is_channel_axis(self, size: int) -> bool:
+        """Whether a last axis of ``size`` holds channels: 1 to 4 (grey, grey + alpha, RGB, RGBA) or the
+        model's own channel count (the modalities of a multi-channel slice). A (D, H, W) volume is never
+        that narrow."""
+        return 1 <= size <= 4 or size == self.info.input_channels

@@ -279,6 +279,44 @@ def synapse_case_metrics(pred_labels, gt_labels, num_classes: int, spacing=None,
     return row
 
 
+def binary_image_metrics(pred, gt, spacing=None, case_id: str | None = None) -> dict:
+    """DSC and HD95 of one 2D binary image (ISIC), as a row for ``summarize_cases``: ``{"dice": [d], "hd95": [h]}``.
+
+    Empty-mask policy, the same as ``per_image_binary_metrics``'s default: truth and prediction both empty ->
+    DSC 1, HD95 0 (nothing to find, nothing wrongly found); exactly one of them empty -> DSC 0 (all of it
+    missed or all of it wrong) and HD95 NaN (no surface to measure to; left out of the HD95 means).
+    The Synapse rules of ``synapse_case_metrics`` (a prediction of an absent organ scores 1) are for organs
+    of a volume, not for lesions of an image.
+    """
+    pred, gt = _mask(pred), _mask(gt)
+    _check_shapes(pred, gt)
+    has_pred, has_gt = bool(pred.any()), bool(gt.any())
+    if has_pred and has_gt:
+        d, h = dice(pred, gt), hd95(pred, gt, spacing)
+    elif not has_pred and not has_gt:
+        d, h = 1.0, 0.0
+    else:
+        d, h = 0.0, math.nan
+    row = {"dice": [float(d)], "hd95": [float(h)]}
+    if case_id is not None:
+        row["case_id"] = case_id
+    return row
+
+
+# What each field of an evaluation summary does with empty masks (written into eval/summary.json).
+IMAGE_POLICY = {
+    "per_case, per_class, mean_dice, mean_hd95": "per image (binary_image_metrics): truth and prediction both "
+    "empty -> DSC 1, HD95 0; one of them empty -> DSC 0, HD95 NaN (left out of the HD95 means)",
+    "per_image_mean": "per image, then the mean: a ratio with a zero denominator is 1 (DSC and mIoU of "
+    "empty/empty, sensitivity of an empty truth, specificity of an all-foreground truth)",
+    "pooled": "pixels counted over all images, then the ratios (the paper's numbers); a zero denominator is 0",
+}
+VOLUME_POLICY = {
+    "per_case, per_class, mean_dice, mean_hd95": "the Synapse protocol per organ (synapse_case_metrics): both "
+    "non-empty -> DSC, HD95; organ absent from the truth but predicted -> 1, 0; organ not predicted -> 0, 0",
+}
+
+
 def _class_names(rows: Sequence[dict], class_names: Sequence[str]) -> list[str]:
     """Foreground names; a list that also names the background (index 0) is accepted."""
     n = len(rows[0]["dice"])

@@ -148,6 +148,7 @@ def plan_outputs(files: list[Path], out_dir: Path, cases: dict[str, list[Path]] 
     return jobs
 
 
+# What reading a bad or unreadable file raises (PIL, nibabel, h5py, gzip); caught around reading only.
 READ_ERRORS = (OSError, ValueError, KeyError, zlib.error, EOFError)
 
 
@@ -205,11 +206,13 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     for start in range(0, len(images), batch_size):
         pending = []  # (job, image (H, W[, C]), network input (C, S, S))
         for job in images[start:start + batch_size]:
-            try:
+            try:  # reading and the input's own checks only: a failure beyond these is a bug, not a bad file
                 image = read_image_file(job.path)
-                pending.append((job, image, predictor.network_input(image)))
+                predictor.check_image(image)
             except READ_ERRORS as error:
                 fail(job, error)
+            else:
+                pending.append((job, image, predictor.network_input(image)))
         if not pending:
             continue
         predictions = predictor.predict_inputs([x for _, _, x in pending], [im.shape[:2] for _, im, _ in pending])
@@ -225,19 +228,26 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
 
     started = time.perf_counter()
     for job in (job for job in jobs if job.kind != "image"):
-        try:
+        try:  # reading and the input's own checks only: a failure beyond these is a bug, not a bad file
             if job.channels:
                 volume, reference = read_nifti_case(job.channels, job.stem)  # (D, H, W, C)
             elif job.kind == "nifti":
                 volume, reference = read_nifti_volume(job.path)
             else:
                 volume, reference = read_h5_volume(job.path), None
-            prediction = predictor.predict_volume(volume, keep_probabilities=save_probabilities)
-            _write_volume_outputs(job, volume, reference, prediction, out_dir, **options)
+            predictor.check_volume(volume)
         except READ_ERRORS as error:
             fail(job, error)
+            continue
+        try:
+            prediction = predictor.predict_volume(volume, keep_probabilities=save_probabilities)
         except torch.OutOfMemoryError as error:
             fail(job, ValueError(f"out of memory ({error}); try a smaller --batch-size"))
+            continue
+        try:
+            _write_volume_outputs(job, volume, reference, prediction, out_dir, **options)
+        except OSError as error:
+            fail(job, error)
         else:
             summary.written.append(job.output)
             summary.volumes += 1

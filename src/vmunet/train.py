@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,10 @@ class TrainResult:
 
 
 def no_decay(name: str, param: torch.nn.Parameter) -> bool:
-    """Norms, biases, D and A_logs are spared weight decay (what the official code meant to do)."""
-    return param.ndim <= 1 or name.endswith("A_logs") or name.endswith("Ds")
+    """Spared weight decay (what the official code meant to do): every bias, the SS2D's 2-D ``dt_projs_bias``
+    (one bias row per scan direction) included, norm weights (all 1-D parameters), D (``Ds``) and A
+    (``A_logs``). Decayed: the conv and linear weights, ``x_proj_weight`` and ``dt_projs_weight``."""
+    return param.ndim <= 1 or name.endswith(("bias", "A_logs", "Ds"))
 
 
 def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
@@ -66,15 +69,21 @@ def parameter_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
 
 
 def check_writable(run_dir: Path) -> None:
-    """Fail before training if the run folder cannot be written (read-only, disk full)."""
+    """Fail before training if the run folder cannot be written (read-only, disk full).
+
+    The probe file has a name of its own per call (``mkstemp``): ranks that probe at the same time (a torchrun
+    ``--resume``) never delete each other's probe.
+    """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        with open(probe, "wb") as handle:
-            handle.write(b"\0" * 65536)
-            handle.flush()
-            os.fsync(handle.fileno())
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=run_dir)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            os.unlink(probe)
     except OSError as error:
         raise ValueError(f"{run_dir}: run folder is not writable ({error.strerror or error})") from None
 

@@ -173,7 +173,9 @@ class VMUNet(nn.Module):
         self.check_input(x)
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
-        return self.vmunet(x).float()
+        logits = self.vmunet(x)
+        # At least float32 (bfloat16/float16 logits of autocast come out float32); a float64 model stays float64.
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits_to_probabilities(logits)
