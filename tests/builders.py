@@ -72,12 +72,12 @@ def make_synapse(root: Path, train_cases=3, test_cases=2, depth=4, size=(32, 32)
 
 class ThresholdModel(torch.nn.Module):
     """A stand-in network with a known output, for geometry tests: class k wherever the input's first channel
-    is nearest to k (one class: foreground where it is above 0.5). Like VMUNet it takes only inputs whose H and
-    W are multiples of 32, so a caller that skips the run's resize fails."""
+    is nearest to k (one class: foreground where it is above ``threshold``). Like VMUNet it takes only inputs
+    whose H and W are multiples of 32, so a caller that skips the run's resize fails."""
 
-    def __init__(self, num_classes: int = 1, input_channels: int = 1):
+    def __init__(self, num_classes: int = 1, input_channels: int = 1, threshold: float = 0.5):
         super().__init__()
-        self.num_classes, self.input_channels = num_classes, input_channels
+        self.num_classes, self.input_channels, self.threshold = num_classes, input_channels, threshold
         self.scale = torch.nn.Parameter(torch.tensor(40.0))  # a parameter, so that the model has a device
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +85,7 @@ class ThresholdModel(torch.nn.Module):
         assert x.shape[2] % 32 == 0 and x.shape[3] % 32 == 0, f"not resized to the network size: {x.shape}"
         value = x[:, :1]
         if self.num_classes == 1:
-            return self.scale * (value - 0.5)
+            return self.scale * (value - self.threshold)
         centres = torch.arange(self.num_classes, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         return -self.scale * (value - centres) ** 2
 
@@ -116,3 +116,27 @@ def asymmetric_labels(height: int, width: int, binary: bool = False, shift: int 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of equal pixels (resizing to the network and back blurs block edges by a pixel or so)."""
     return float(np.mean(np.asarray(a) == np.asarray(b)))
+
+
+def make_nnunet(root: Path, train_cases=4, test_cases=2, shape=(40, 32, 3), seed=0) -> Path:
+    """An nnU-Net raw dataset (imagesTr/labelsTr/imagesTs/labelsTs, dataset.json), stored (X, Y, Z), 3 labels."""
+    import json
+
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"},
+                                                   "labels": {"background": 0, "liver": 1, "tumour": 2},
+                                                   "numTraining": train_cases, "file_ending": ".nii.gz"}))
+    affine = np.diag([0.9, 0.8, 2.0, 1.0])
+    for subset, count in (("Tr", train_cases), ("Ts", test_cases)):
+        for i in range(count):
+            image, label = organ_volume(rng, shape[2], shape[0], shape[1], num_classes=3)  # (Z, X, Y)
+            image, label = np.moveaxis(image, 0, -1), np.moveaxis(label, 0, -1)  # stored (X, Y, Z)
+            name = f"case{subset}{i:03d}"
+            nib.save(nib.Nifti1Image((image * 100).astype(np.float32), affine),
+                     str(root / f"images{subset}" / f"{name}_0000.nii.gz"))
+            nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), str(root / f"labels{subset}" / f"{name}.nii.gz"))
+    return root

@@ -294,11 +294,13 @@ class _Samples:
         rng = np.random.default_rng(1)
         self.items = [{"image": rng.random((20, 24, 3)).astype(np.float32) * 255,
                        "label": (rng.random((20, 24)) > 0.5).astype(np.int64), "case_id": str(i)} for i in range(n)]
+        self.reads = []  # indices read, in order
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
+        self.reads.append(i)
         return self.items[i]
 
 
@@ -307,8 +309,11 @@ def _epoch(loader):
 
 
 def test_dataset_deterministic_whatever_the_workers():
-    data = SegmentationDataset(_Samples(8), train_transform("isic", 16, "minmax255"), seed=3)
+    samples = _Samples(8)
+    data = SegmentationDataset(samples, train_transform("isic", 16, "minmax255"), seed=3)
+    assert samples.reads == []  # building the dataset reads nothing
     x, y = data[5]
+    assert samples.reads == [5]  # one sample read, on access
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y.shape == (16, 16) and y.dtype == torch.int64
     torch.testing.assert_close(data[5][0], x, rtol=0, atol=0)
     epoch0 = _epoch(torch.utils.data.DataLoader(data, batch_size=3, num_workers=0))

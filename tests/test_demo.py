@@ -22,7 +22,11 @@ def test_template_becomes_a_three_class_task_on_a_32_multiple_grid(template):
     trained = set(data.train.zs)
     for start, stop in list(demo.TEST_SLABS) + [demo.SELECTION_SLAB]:
         assert not trained & set(range(start - demo.GAP, stop + demo.GAP))  # held-out slabs never trained on
-    assert len(trained) == 92 and data.num_classes == 3
+    # README: held-out slabs z 52-67 and 96-111, the selection slab 78-85, two slices of gap around each, brain
+    # tissue in z 6-149: every other slice trains.
+    held_out = set(range(50, 70)) | set(range(94, 114)) | set(range(76, 88))
+    assert trained == set(range(6, 150)) - held_out and data.num_classes == 3
+    assert all((template.labels[z] > 0).any() for z in trained)  # every training slice holds tissue
 
 
 def test_corruption_is_a_bounded_smooth_field_plus_rician_noise():
@@ -85,3 +89,38 @@ def test_the_demo_predicts_its_volume_through_the_runs_inference_path():
     volume = np.stack([asymmetric_labels(50, 70, shift=s) for s in range(3)])  # (Z, X, Y), not a multiple of 32
     labels = demo.predict_volume_labels(predictor.model, info, volume.astype(np.float32))
     assert labels.shape == volume.shape and agreement(labels, volume) > 0.99
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path):
+    """`vmunet demo --quick` as a user runs it (about a minute on 2 cores): the table and every promised file."""
+    import json
+    import subprocess
+    import sys
+
+    import nibabel as nib
+
+    run_dir = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "vmunet", "demo", "--quick", "--no-progress", "--run-dir",
+                             str(run_dir)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for row in ("grey matter", "white matter", "mean", "threshold baseline (two thresholds chosen on the test labels)",
+                "demo finished in"):
+        assert row in out, row
+    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+    assert summary["cases"] == len(demo.TEST_SLABS) and set(summary["per_class"]) == {"grey matter", "white matter"}
+    assert 0.3 < summary["mean_dice"] <= 1 and "threshold_baseline" in summary
+    assert (run_dir / "eval" / "per_case.csv").read_text().count("\n") == len(demo.TEST_SLABS) + 2
+    assert sorted(p.name for p in (run_dir / "overlays").glob("*.png")) == [
+        f"slice_{(a + b) // 2:03d}.png" for a, b in demo.TEST_SLABS]
+    prediction = nib.load(run_dir / "prediction.nii.gz")
+    template = demo.load_template()
+    assert prediction.shape == template.full_shape
+    np.testing.assert_array_equal(prediction.affine, template.affine)
+    labels = np.asarray(prediction.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2} and (labels == 2).any()
+    recorded = json.loads((run_dir / "demo.json").read_text())
+    assert recorded["mean_dice"] == pytest.approx(summary["mean_dice"])
+    for name in ("checkpoints/best.pt", "checkpoints/last.pt", "history.csv", "run.json", "config.yaml"):
+        assert (run_dir / name).is_file(), name

@@ -90,3 +90,20 @@ def test_a_killed_rank_fails_the_job_instead_of_hanging(tmp_path):
     _, err = launcher.communicate(timeout=120)  # no hang: torchrun stops the other rank and fails
     assert launcher.returncode != 0
     assert "SIGKILL" in err and "Root Cause" in err
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_three_processes_resume_a_run(tmp_path):
+    """The README's --resume under torchrun with 3 ranks, which probe the run folder at the same moment."""
+    data = make_isic(tmp_path / "data", counts={"train": 9, "val": 2, "test": 2})
+    run_dir = tmp_path / "run"
+    first = [sys.executable, "-m", "vmunet", "train", "--data", str(data), "--run-dir", str(run_dir),
+             "--batch-size", "1", *COMMON[:-2], "--set", "t_max=2", "--epochs", "1"]
+    run(first)
+    out = run(torchrun() + ["--standalone", "--nproc_per_node", "3", "-m", "vmunet", "train", "--data", str(data),
+                            "--run-dir", str(run_dir), "--batch-size", "1", *COMMON[:-2], "--set", "t_max=2",
+                            "--epochs", "2", "--resume"])
+    assert "resuming" in out and "x 3 process(es)" in out
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
+    assert len(losses(run_dir)) == 2
+    assert not list(run_dir.glob(".write-test*"))

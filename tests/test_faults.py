@@ -55,13 +55,25 @@ def test_bad_configuration_fails_before_training(capsys, isic, tmp_path):
 
 
 def test_read_only_run_folder_fails_before_training(capsys, isic, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root ignores file permissions")
+    """A read-only folder: by permissions for a user; for root (who ignores them) a read-only tmpfs mount."""
     locked = tmp_path / "locked"
     locked.mkdir()
-    locked.chmod(0o500)
-    code, err = run_cli(capsys, "train", *TINY, "--data", str(isic), "--run-dir", str(locked / "r"))
-    assert code == 2 and "not writable" in err
+    mounted = False
+    if os.geteuid() == 0:
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"root ignores file permissions and may not mount here ({result.stderr.strip()})")
+        mounted = True
+    else:
+        locked.chmod(0o500)
+    try:
+        run_dir = locked / "r"
+        code, err = run_cli(capsys, "train", *TINY, "--data", str(isic), "--run-dir", str(run_dir))
+        assert code == 2 and "not writable" in err and str(locked) in err
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(locked)], check=True)
 
 
 def test_unwritable_run_folder_fails_before_training(capsys, isic, tmp_path):

@@ -102,10 +102,16 @@ def test_drop_path_active_in_train_mode_only():
 
 
 def test_probabilities_helper():
-    logits = torch.randn(2, 1, 4, 4)
-    torch.testing.assert_close(logits_to_probabilities(logits), torch.sigmoid(logits))
-    logits = torch.randn(2, 3, 4, 4)
-    torch.testing.assert_close(logits_to_probabilities(logits).sum(1), torch.ones(2, 4, 4))
+    """Sigmoid for one class, softmax over the class axis otherwise, on values worked out by hand."""
+    import math
+
+    one = torch.tensor([0.0, math.log(3.0), -math.log(3.0)]).view(1, 1, 1, 3)  # (B, K=1, H, W)
+    torch.testing.assert_close(logits_to_probabilities(one), torch.tensor([0.5, 0.75, 0.25]).view(1, 1, 1, 3))
+    three = torch.tensor([0.0, math.log(2.0), math.log(5.0)]).view(1, 3, 1, 1).repeat(2, 1, 2, 2)
+    expected = torch.tensor([1 / 8, 2 / 8, 5 / 8]).view(1, 3, 1, 1).repeat(2, 1, 2, 2)
+    torch.testing.assert_close(logits_to_probabilities(three), expected)  # over axis 1, not the last axis
+    two = torch.tensor([[0.0, 0.0]]).view(1, 2, 1, 1)  # two classes are a softmax too, not two sigmoids
+    torch.testing.assert_close(logits_to_probabilities(two), torch.full((1, 2, 1, 1), 0.5))
 
 
 def test_bad_sizes_channels_and_backends_say_what_to_do():
@@ -118,7 +124,8 @@ def test_bad_sizes_channels_and_backends_say_what_to_do():
         model(torch.randn(1, 4, 64, 64))
     with pytest.raises(ValueError, match="unknown selective-scan backend 'cuda'"):
         create_model("vmunet-tiny", scan_backend="cuda")
-    with pytest.raises(ValueError, match="unknown model preset 'vmunet-huge'; choose one of vmunet, vmunet-small, vmunet-tiny"):
+    with pytest.raises(ValueError,
+                       match="unknown model preset 'vmunet-huge'; choose one of vmunet, vmunet-small, vmunet-tiny"):
         create_model("vmunet-huge")
     with pytest.raises(ValueError, match="unknown model option"):
         create_model("vmunet", num_class=2)

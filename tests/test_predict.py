@@ -10,8 +10,8 @@ from PIL import Image
 
 from vmunet.cli import add_predict_arguments, cmd_predict
 from vmunet.config import TrainConfig
-from vmunet.models import create_model
 from vmunet.inference import Predictor
+from vmunet.models import create_model
 from vmunet.predict import predict_paths
 from vmunet.runtime.run_folder import RunInfo, save_checkpoint, write_config, write_run_info
 
@@ -106,13 +106,16 @@ def test_predictor_arrays_labels_probabilities_and_tta(volume_run):
     volume = np.random.default_rng(3).normal(size=(4, 40, 36)).astype(np.float32)
     labels = predictor.predict(volume).labels
     assert labels.shape == (4, 40, 36)
-    # Slice-wise and batched: the same as predicting each slice as an image.
-    np.testing.assert_array_equal(labels[2], predictor.predict_image(volume[2]).labels)
 
     tta = Predictor.from_run(volume_run, device="cpu", tta=True).predict(rgb)
     assert tta.labels.shape == (45, 30) and tta.probabilities.shape == (3, 45, 30)
     np.testing.assert_allclose(tta.probabilities.sum(0), 1, atol=1e-5)
-    assert not np.allclose(tta.probabilities, result.probabilities)  # the flips changed something
+    # TTA is the mean of the flipped images' probabilities, each flipped back (random weights: flips differ).
+    flips = [(), (0,), (1,), (0, 1)]  # image axes (H, W)
+    expected = np.mean([np.flip(predictor.predict(np.flip(rgb, axes).copy()).probabilities,
+                                tuple(a + 1 for a in axes)) for axes in flips], axis=0)
+    np.testing.assert_allclose(tta.probabilities, expected, atol=2e-5)
+    assert not np.allclose(tta.probabilities, result.probabilities, atol=1e-3)
 
 
 def test_nifti_and_h5_volumes_keep_shape_affine_and_header(volume_run, tmp_path):
@@ -279,3 +282,58 @@ def test_a_bug_inside_prediction_propagates_instead_of_skipping_the_file(volume_
     with pytest.raises(KeyError, match="a programming error"):
         predict_paths(volume_run, [tmp_path / "in"], tmp_path / "out", device="cpu", report=lines.append)
     assert not lines
+
+
+def threshold_run(root: Path, monkeypatch, num_classes=3, input_channels=1) -> Path:
+    """A run folder whose model is replaced by the known ThresholdModel (normalisation "none")."""
+    import vmunet.inference as inference
+    from builders import ThresholdModel
+    from vmunet.runtime.run_folder import read_run_info
+
+    run = make_run(root, num_classes=num_classes, input_channels=input_channels, normalization="none",
+                   dataset="nifti")
+    monkeypatch.setattr(inference, "load_model_from_run", lambda run_dir, checkpoint="best", allow_pickle=False: (
+        ThresholdModel(num_classes, input_channels), read_run_info(run_dir), {}))
+    return run
+
+
+def test_labels_land_where_the_structures_are_in_arrays_and_nifti_files(tmp_path, monkeypatch):
+    """A model with a known output on non-square, asymmetric slices that differ from slice to slice: a flip, an
+    x/y swap or a slice shuffle anywhere between the file and the written labels shows."""
+    import nibabel as nib
+
+    from builders import agreement, asymmetric_labels
+
+    run = threshold_run(tmp_path, monkeypatch)
+    predictor = Predictor.from_run(run, device="cpu")
+    truth = np.stack([asymmetric_labels(40, 56, shift=2 * z) for z in range(4)])  # (D, H, W)
+    labels = predictor.predict(truth.astype(np.float32)).labels
+    assert labels.shape == truth.shape and agreement(labels, truth) > 0.99
+    assert agreement(labels, truth[::-1]) < 0.99 and agreement(labels, truth[:, ::-1]) < 0.8  # the test can tell
+
+    stored = np.moveaxis(truth, 0, -1).astype(np.float32)  # a NIfTI file stores (X, Y, Z) = (H, W, D)
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(stored, np.diag([0.8, 0.7, 2.5, 1.0])), str(tmp_path / "in" / "case.nii.gz"))
+    summary = predict_paths(run, [tmp_path / "in"], tmp_path / "out", device="cpu")
+    assert summary.exit_code == 0, summary.failed
+    written = np.asarray(nib.load(tmp_path / "out" / "case.nii.gz").dataobj)
+    assert written.shape == stored.shape and agreement(written, stored) > 0.99
+    assert agreement(predictor.predict(tmp_path / "in" / "case.nii.gz").labels, stored) > 0.99
+
+
+def test_multichannel_case_labels_come_from_the_right_channel_in_the_right_place(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    from builders import agreement, asymmetric_labels
+
+    run = threshold_run(tmp_path, monkeypatch, input_channels=2)  # the model reads channel 0 only
+    truth = np.stack([asymmetric_labels(40, 56, shift=2 * z) for z in range(3)], axis=-1).astype(np.float32)
+    noise = np.random.default_rng(0).random(truth.shape).astype(np.float32) * 2
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(noise, np.eye(4)), str(folder / "brain_0001.nii.gz"))
+    nib.save(nib.Nifti1Image(truth, np.eye(4)), str(folder / "brain_0000.nii.gz"))
+    summary = predict_paths(run, [folder], tmp_path / "out", device="cpu")
+    assert summary.exit_code == 0, summary.failed
+    written = np.asarray(nib.load(tmp_path / "out" / "brain.nii.gz").dataobj)
+    assert written.shape == truth.shape and agreement(written, truth) > 0.99

@@ -88,7 +88,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     b = load_checkpoint(part / "checkpoints" / "last.pt")["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+    def strip(rows):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
     assert strip(read_history(full)) == strip(read_history(part))
 
 

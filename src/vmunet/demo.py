@@ -193,15 +193,15 @@ def demo_config(quick: bool, run_dir: Path) -> TrainConfig:
 
 
 def write_prediction_nifti(path: Path, labels_zxy: np.ndarray, template: BrainTemplate) -> None:
-    """Place the (Z, X, Y) cropped prediction back into the full template grid with its affine."""
+    """Place the (Z, X, Y) cropped prediction back into the full template grid with its affine (gzipped for
+    a .gz name: the file used to be written uncompressed under a .nii.gz name, which nibabel cannot read)."""
     import nibabel as nib
 
-    from vmunet.runtime.writers import atomic_write_bytes
+    from vmunet.runtime.writers import write_nifti
 
     full = np.zeros(template.full_shape, dtype=np.uint8)  # (X, Y, Z)
     full[CROP] = np.moveaxis(labels_zxy, 0, -1).astype(np.uint8)
-    image = nib.Nifti1Image(full, template.affine)
-    atomic_write_bytes(path, lambda handle: handle.write(image.to_bytes()))
+    write_nifti(path, full, nib.Nifti1Image(full, template.affine), intent="label")
 
 
 def predict_volume_labels(model, info, volume: np.ndarray) -> np.ndarray:
