@@ -3,13 +3,15 @@
     python benchmarks/model.py                                  # paper 256x256 and Synapse 224x224, batches 1 and 8
     python benchmarks/model.py --models paper --batches 1       # quick
     python benchmarks/model.py --models paper --batches 8 --modes train --scans torch before   # memory before/after
+    python benchmarks/model.py --models paper demo --batches 1 --scans torch numba       # the numba backend's gain
 
 - paper:   create_model("vmunet", num_classes=1), 3x256x256 input, BCE-with-logits loss;
 - synapse: create_model("vmunet", num_classes=9, input_channels=1), 1x224x224 input, cross-entropy loss;
 - demo:    create_model("vmunet-tiny", num_classes=3, input_channels=1), 1x192x192, cross-entropy (`vmunet demo`'s
            model; run it with --batches 2, the demo's batch).
-Scans: "torch" (the backend now: hand-written backward) and "before" (the previous chunked scan with plain
-autograd, which keeps every hidden state for backward).
+Scans: "torch" (the pure-PyTorch backend: hand-written backward), "numba" (fused CPU kernels) and "before" (the
+chunked scan with plain autograd of benchmarks/scan_torch_autograd.py, which keeps every hidden state for
+backward). Rows of one model, batch and mode show their speed-up over the "torch" row ("x torch").
 
 Each (model, batch, mode, scan) runs in its own subprocess: peak MB is its ru_maxrss growth over the process
 after building the model and input, so the figures do not mix. Time is the best of --repeats after a
@@ -40,14 +42,20 @@ class ScanClock:
     def __init__(self, scan: str):
         import vmunet.models.ss2d as ss2d
         import vmunet.ops.scan_chunked as chunked
-        from vmunet.ops.scan_torch_autograd import selective_scan_torch_autograd
+        import vmunet.ops.scan_numba as scan_numba
+        from scan_torch_autograd import selective_scan_torch_autograd
 
         self.seconds = 0.0
-        forward = ss2d.selective_scan
-        if scan == "before":
-            forward = lambda *a, backend=None, **k: selective_scan_torch_autograd(*a, **k)  # noqa: E731
+        scan_any = ss2d.selective_scan
+
+        def forward(*args, backend=None, **kwargs):  # the model asks for "auto": run the scan being measured
+            if scan == "before":
+                return selective_scan_torch_autograd(*args, **kwargs)
+            return scan_any(*args, backend=scan, **kwargs)
+
         ss2d.selective_scan = self.timed(forward)
         chunked.chunked_backward = self.timed(chunked.chunked_backward)
+        scan_numba.NumbaScan.backward = staticmethod(self.timed(scan_numba.NumbaScan.backward))
 
     def timed(self, fn):
         def wrapper(*args, **kwargs):
@@ -109,7 +117,7 @@ def main():
     parser.add_argument("--models", nargs="+", default=["paper", "synapse"], choices=sorted(MODELS))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
-    parser.add_argument("--scans", nargs="+", default=["torch"], choices=["torch", "before"])
+    parser.add_argument("--scans", nargs="+", default=["torch", "numba"], choices=["torch", "numba", "before"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)  # model batch mode scan
@@ -121,11 +129,13 @@ def main():
         return
 
     print(f"VM-UNet, float32, {args.threads} threads, best of {args.repeats} after a warm-up")
-    print(f"{'model':>8} {'input':>10} {'batch':>5} {'mode':>8} {'scan':>7} {'s/image':>8} {'scan %':>7} {'peak MB':>8}")
+    print(f"{'model':>8} {'input':>10} {'batch':>5} {'mode':>8} {'scan':>7} {'s/image':>8} {'scan %':>7} "
+          f"{'peak MB':>8} {'x torch':>8}")
     for name in args.models:
         _, _, channels, size = MODELS[name]
         for batch in args.batches:
             for mode in args.modes:
+                base = None
                 for scan in args.scans:
                     cmd = [sys.executable, __file__, "--worker", name, str(batch), mode, scan,
                            "--repeats", str(args.repeats), "--threads", str(args.threads)]
@@ -136,7 +146,12 @@ def main():
                         print(row + f"failed: {lines[-1]}", flush=True)
                         continue
                     r = json.loads(done.stdout.strip().splitlines()[-1])
-                    print(row + f"{r['per_image']:>8.3f} {100 * r['share']:>6.0f}% {r['peak_mb']:>8.0f}", flush=True)
+                    row += f"{r['per_image']:>8.3f} {100 * r['share']:>6.0f}% {r['peak_mb']:>8.0f}"
+                    if scan == "torch":
+                        base = r["per_image"]
+                    if base is not None:
+                        row += f" {base / r['per_image']:>7.2f}x"
+                    print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 
 Implementations, each given the same inputs (float32, groups 4, N 16, delta_softplus with a bias, D skip):
 - torch:   vmunet's "torch" backend (two-level chunked scan, hand-written backward);
-- before:  the previous "torch" backend (chunked, plain autograd), with --before;
+- numba:   vmunet's "numba" backend (fused CPU kernels compiled by numba at run time);
+- before:  the chunked scan with plain autograd (benchmarks/scan_torch_autograd.py), with --before;
 - pscan:   mamba.py's Blelloch pscan (PyPI mambapy) the way mamba.py uses it: deltaA = exp(delta * A) and
            deltaB * u materialised as (B, L, D, N), pscan, then contraction with C and the D skip;
 - ref:     the sequential loop ("ref" backend), timed at a shorter L (--ref-length) and extrapolated
@@ -13,7 +14,9 @@ Implementations, each given the same inputs (float32, groups 4, N 16, delta_soft
 
 Every (stage, batch, implementation) runs in its own subprocess, so that its peak memory (ru_maxrss
 growth over the process's state just before the scan, forward + backward) is its own. Times are the best
-of --repeats runs after one warm-up.
+of --repeats runs after one warm-up. The "x torch" columns are speed-ups over the torch row (time of torch /
+time of the row). Before the table, the numba kernels' first call (forward + backward at a small size) is
+timed in two new processes sharing an empty numba cache folder: the first compiles, the second loads the cache.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 STAGES = {1: (4096, 768), 2: (1024, 1536), 3: (256, 3072), 4: (64, 6144)}  # stage: (L, D = 4 directions x d_inner)
@@ -65,15 +69,17 @@ def scan_pscan(u, delta, A, B, C, D, delta_bias):
 
 
 def implementation(name):
-    from vmunet.ops import selective_scan_ref, selective_scan_torch
-    from vmunet.ops.scan_torch_autograd import selective_scan_torch_autograd
+    from scan_torch_autograd import selective_scan_torch_autograd
+
+    from vmunet.ops import selective_scan_numba, selective_scan_ref, selective_scan_torch
 
     def mamba_style(fn):
         return lambda u, delta, A, B, C, D, delta_bias: fn(u, delta, A, B, C, D=D, delta_bias=delta_bias,
                                                            delta_softplus=True)
 
     return {"torch": mamba_style(selective_scan_torch), "before": mamba_style(selective_scan_torch_autograd),
-            "ref": mamba_style(selective_scan_ref), "pscan": scan_pscan}[name]
+            "numba": mamba_style(selective_scan_numba), "ref": mamba_style(selective_scan_ref),
+            "pscan": scan_pscan}[name]
 
 
 def best_time(fn, repeats, budget_s):
@@ -115,22 +121,33 @@ def worker(args):
     print(json.dumps(dict(fwd=fwd * scale, fb=fb * scale, peak_mb=peak_mb, extrapolated=scale != 1)))
 
 
-def check_agreement(threads):
-    """pscan and the torch backend compute the same thing (a small size, float32)."""
+def check_agreement(threads, impls):
+    """Every implementation computes what the torch backend does (a small size, float32): max |difference|."""
     import torch
 
     torch.set_num_threads(threads)
     x = make_inputs(1, 64, 256)
     with torch.no_grad():
-        a, b = implementation("torch")(**x), implementation("pscan")(**x)
-    return (a - b).abs().max().item()
+        base = implementation("torch")(**x)
+        return {impl: (implementation(impl)(**x) - base).abs().max().item() for impl in impls if impl != "torch"}
 
 
-def run_worker(impl, stage, batch, args):
+def first_call(threads):
+    """Seconds of the numba backend's first forward + backward in a new process (compilation or cache load)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = {k: v.requires_grad_() for k, v in make_inputs(1, 64, 256).items()}
+    start = time.perf_counter()
+    implementation("numba")(**x).sum().backward()
+    print(json.dumps(dict(seconds=time.perf_counter() - start)))
+
+
+def run_worker(impl, stage, batch, args, env=None):
     cmd = [sys.executable, __file__, "--worker", impl, "--stages", str(stage), "--batches", str(batch),
            "--repeats", str(args.repeats), "--budget", str(args.budget), "--threads", str(args.threads),
            "--ref-length", str(args.ref_length)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return dict(error=done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -140,8 +157,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4], choices=sorted(STAGES))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--impls", nargs="+", default=["torch", "pscan", "ref"],
-                        choices=["torch", "before", "pscan", "ref"])
+    parser.add_argument("--impls", nargs="+", default=["torch", "numba", "pscan", "ref"],
+                        choices=["torch", "numba", "before", "pscan", "ref"])
     parser.add_argument("--before", action="store_true", help="also time the previous torch backend")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=20.0, help="stop repeating after this many seconds")
@@ -149,25 +166,39 @@ def main():
     parser.add_argument("--ref-length", type=int, default=128, help="L at which the sequential loop is timed")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker == "first-call":
+        first_call(args.threads)
+        return
     if args.worker:
         args.impl, args.stage, args.batch = args.worker, args.stages[0], args.batches[0]
         worker(args)
         return
 
     impls = list(dict.fromkeys(args.impls + (["before"] if args.before else [])))
+    agreement = ", ".join(f"{impl} {diff:.1e}" for impl, diff in check_agreement(args.threads, impls).items())
     print(f"selective scan, float32, groups {GROUPS}, N {N}, {args.threads} threads, best of {args.repeats}; "
-          f"max |torch - pscan| at a small size: {check_agreement(args.threads):.1e}")
+          f"max |difference from torch| at a small size: {agreement}")
+    env = None
+    if "numba" in impls:  # a fresh cache folder: the first process compiles, the next ones load the cache
+        env = {**os.environ, "NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="vmunet-numba-cache-")}
+        cmd = [sys.executable, __file__, "--worker", "first-call", "--threads", str(args.threads)]
+        seconds = [json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+                              .stdout.strip().splitlines()[-1])["seconds"] for _ in range(2)]
+        print(f"numba first forward + backward in a new process: {seconds[0]:.1f} s compiling (empty cache), "
+              f"{seconds[1]:.2f} s from the cache")
     print(f"ref: timed at L = {args.ref_length} and scaled to the stage's L (~); "
           "peak MB: ru_maxrss growth during forward+backward")
     head = f"{'stage':>5} {'L':>5} {'D':>5} {'batch':>5} {'impl':>7} {'fwd ms':>10} {'fwd+bwd ms':>11} {'peak MB':>8}"
     if "torch" in impls:
         head += f" {'fwd: x torch':>13} {'f+b: x torch':>13}"
+    if "pscan" in impls:
+        head += f" {'fwd: x pscan':>13} {'f+b: x pscan':>13}"
     print(head)
     for stage in args.stages:
         L, dim = STAGES[stage]
         for batch in args.batches:
-            results = {impl: run_worker(impl, stage, batch, args) for impl in impls}
-            base = results.get("torch", {})
+            results = {impl: run_worker(impl, stage, batch, args, env) for impl in impls}
+            base, pscan = results.get("torch", {}), results.get("pscan", {})
             for impl, r in results.items():
                 row = f"{stage:>5} {L:>5} {dim:>5} {batch:>5} {impl:>7} "
                 if "error" in r:
@@ -175,8 +206,9 @@ def main():
                     continue
                 mark = "~" if r["extrapolated"] else " "
                 row += f"{mark}{r['fwd'] * 1e3:>9.1f} {mark}{r['fb'] * 1e3:>10.1f} {r['peak_mb']:>8.0f}"
-                if "fwd" in base:
-                    row += f" {r['fwd'] / base['fwd']:>12.1f}x {r['fb'] / base['fb']:>12.1f}x"
+                for ref in (base, pscan):
+                    if "fwd" in ref:
+                        row += f" {ref['fwd'] / r['fwd']:>12.1f}x {ref['fb'] / r['fb']:>12.1f}x"
                 print(row, flush=True)
 
 

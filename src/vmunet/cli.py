@@ -142,8 +142,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files (PNG, JPG, TIFF, BMP), volumes (.nii, .nii.gz, .npy.h5) or folders of them; "
-                             "for a multi-channel NIfTI run, each case's CASE_0000 .. CASE_000{C-1} files (-> CASE.nii.gz)")
+                        help="image files (PNG, JPG, TIFF, BMP), volumes (.nii, .nii.gz, .npy.h5) or folders of "
+                             "them; for a multi-channel NIfTI run, each case's CASE_0000 .. CASE_000{C-1} files "
+                             "(-> CASE.nii.gz)")
     parser.add_argument("--out", required=True, help="output folder: masks as PNG, volumes as NIfTI, same stems")
     parser.add_argument("--tta", action="store_true",
                         help="average the flips (h, v, hv) with the image; not part of the paper's protocol")

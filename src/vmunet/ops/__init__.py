@@ -3,9 +3,13 @@
     selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend="auto")
 
-Backends: "ref" (sequential loop, any dtype), "torch" (fast pure PyTorch, any device),
-"mamba_ssm" (optional CUDA kernels). "auto" takes the backend set by ``use_backend`` if one is
-active, else "mamba_ssm" for CUDA tensors when it imports, else "torch"; it logs its choice once.
+Backends: "ref" (sequential loop, any dtype), "torch" (fast pure PyTorch, any device), "numba" (fused CPU
+kernels compiled at run time, float32; the ``fast`` extra), "mamba_ssm" (optional CUDA kernels). "auto" takes the
+backend set by ``use_backend`` if one is active, else the fastest one installed for the tensors at hand:
+"numba" for CPU tensors (5-8x "torch" in benchmarks/scan.py; float64 stays on "torch", which computes in
+float64), "mamba_ssm" for CUDA tensors, else "torch". It logs its choice once per device, with a hint when the
+faster backend is missing. An explicitly requested backend that is not installed raises ImportError saying how
+to install it.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import contextlib
 import contextvars
 import logging
 
-from vmunet.ops import scan_mamba_ssm
+import torch
+
+from vmunet.ops import scan_mamba_ssm, scan_numba
 from vmunet.ops.scan_mamba_ssm import selective_scan_mamba_ssm
+from vmunet.ops.scan_numba import selective_scan_numba
 from vmunet.ops.scan_ref import selective_scan_ref
 from vmunet.ops.scan_torch import selective_scan_torch
 
@@ -25,6 +32,7 @@ __all__ = [
     "available_backends",
     "resolve_backend",
     "selective_scan",
+    "selective_scan_numba",
     "selective_scan_ref",
     "selective_scan_torch",
     "use_backend",
@@ -35,6 +43,7 @@ logger = logging.getLogger(__name__)
 BACKENDS = {
     "ref": selective_scan_ref,
     "torch": selective_scan_torch,
+    "numba": selective_scan_numba,
     "mamba_ssm": selective_scan_mamba_ssm,
 }
 _VALID_NAMES = ("auto", *BACKENDS)
@@ -51,22 +60,37 @@ def check_backend_name(name: str) -> str:
 def available_backends(device: str = "cpu") -> list[str]:
     """Backends that can run on this machine for tensors on ``device`` ("cpu" or "cuda")."""
     names = ["ref", "torch"]
+    if str(device).startswith("cpu") and scan_numba.is_available():
+        names.append("numba")
     if str(device).startswith("cuda") and scan_mamba_ssm.is_available():
         names.append("mamba_ssm")
     return names
 
 
-def resolve_backend(name: str, device_type: str) -> str:
+def _auto_choice(device_type: str, dtype: torch.dtype) -> tuple[str, str]:
+    """The backend "auto" takes for tensors of this device and dtype, and a note for the log."""
+    if device_type == "cpu":
+        if dtype == torch.float64:
+            return "torch", " (float64: 'numba' computes in float32)"
+        if scan_numba.is_available():
+            return "numba", ""
+        return "torch", f" (numba is not installed; {scan_numba.INSTALL_HINT} for the ~5x faster 'numba' backend)"
+    if device_type == "cuda" and scan_mamba_ssm.is_available():
+        return "mamba_ssm", ""
+    return "torch", ""
+
+
+def resolve_backend(name: str, device_type: str, dtype: torch.dtype = torch.float32) -> str:
     """Turn "auto" into a concrete backend name; check explicit names exist."""
     check_backend_name(name)
     if name != "auto":
         return name
     chosen = _context_backend.get()
     if chosen is None:
-        chosen = "mamba_ssm" if device_type == "cuda" and scan_mamba_ssm.is_available() else "torch"
+        chosen, note = _auto_choice(device_type, dtype)
         if (device_type, chosen) not in _logged_auto_choices:
             _logged_auto_choices.add((device_type, chosen))
-            logger.info("selective scan backend 'auto' chose %r for %s tensors", chosen, device_type)
+            logger.info("selective scan backend 'auto' chose %r for %s tensors%s", chosen, device_type, note)
     return chosen
 
 
@@ -84,6 +108,6 @@ def use_backend(name: str):
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    return_last_state=False, backend="auto"):
     """u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, groups, N, L); D, delta_bias: (dim,)."""
-    name = resolve_backend(backend, u.device.type)
+    name = resolve_backend(backend, u.device.type, u.dtype)
     return BACKENDS[name](u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                           return_last_state=return_last_state)

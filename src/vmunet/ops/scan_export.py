@@ -22,11 +22,33 @@ graph is fixed to the traced sequence length, i.e. to the image size; the batch 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 from vmunet.ops.scan_ref import finish_output, prepare_inputs
+
+_warned_compile = False
+
+
+def graph_capture_active() -> bool:
+    """True while TorchScript, ONNX export, torch.export or torch.compile records the model: the fast backends
+    write into buffers in place (or call compiled kernels), so the scan then runs as this file's plain ops."""
+    capturing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+    if capturing and torch.compiler.is_compiling():
+        _warn_compile()
+    return capturing
+
+
+@torch.compiler.disable
+def _warn_compile() -> None:
+    global _warned_compile
+    if not _warned_compile:
+        _warned_compile = True
+        warnings.warn("vmunet: under torch.compile the selective scan runs as plain tensor ops, without the "
+                      "memory-saving backward of the 'torch' and 'numba' backends: autograd keeps the "
+                      "per-step states, so training takes more memory", stacklevel=3)
 
 
 def chunk_length(length: int) -> int:

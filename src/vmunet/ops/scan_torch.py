@@ -17,11 +17,7 @@ import torch
 
 from vmunet.ops.scan_chunked import ChunkedScan, chunked_forward
 from vmunet.ops.scan_ref import finish_output, prepare_inputs
-from vmunet.ops.scan_export import selective_scan_export
-
-
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+from vmunet.ops.scan_export import graph_capture_active, selective_scan_export
 
 
 def selective_scan_torch(
@@ -37,7 +33,7 @@ def selective_scan_torch(
     return_last_state: bool = False,
 ):
     """u, delta, z: (batch, dim, L); A: (dim, N); B, C: (batch, groups, N, L); D, delta_bias: (dim,)."""
-    if _tracing():
+    if graph_capture_active():
         return selective_scan_export(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                              delta_softplus=delta_softplus, return_last_state=return_last_state)
     dtype_in = u.dtype

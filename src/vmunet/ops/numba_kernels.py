@@ -1,0 +1,232 @@
+"""Fused selective-scan kernels for the CPU, compiled at run time by numba (imports numpy and numba only).
+
+One task per (batch element, channel) in the forward, one per (batch element, group, block of channels) in the
+backward, spread over threads by ``prange``; inside a task the loop over time is sequential and the loop over the
+N states of a channel is the vectorised inner loop (N = 16 is one AVX-512 register). Layouts, float32 throughout:
+
+    u, delta, y, gy: (b, D, L)    A2 = A * log2(e): (D, N)    Bt, Ct: (b, G, L, N), the states contiguous
+    bias, skip: (D,)              starts: (b, D, nc, N), the state entering every CHUNK-step chunk
+
+Recurrence per channel d (group g) and state n, with dt = softplus(delta + bias):
+    h_t = a_t h_{t-1} + dt_t u_t B_t,   a_t = exp(dt_t A) = exp2(dt_t A2),   y_t = <C_t, h_t> + skip u_t
+
+numba >= 0.62 has no vector math library, so ``math.exp`` in a loop is a scalar libm call that stops
+vectorisation: exp2 and log1p are written here as polynomials on plain float32 arithmetic. All helpers live in
+this file because numba's cache does not notice edits to functions inlined from another module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+F32 = np.float32
+CHUNK = 64  # steps between saved states: the backward recomputes one chunk (CHUNK x N floats, in L1) at a time
+LOG2E = F32(1.4426950408889634)
+# Near-minimax fit of (2^f - 1) / f on [-1/2, 1/2], so that p(f) = 1 + f q(f) has p(0) = 1 exactly and
+# 1 - a stays accurate for tiny steps (relative error 1.8e-7 over the range).
+EXP2_C1, EXP2_C2, EXP2_C3, EXP2_C4, EXP2_C5 = (F32(0.6931469), F32(0.24022238), F32(0.05550892),
+                                               F32(0.0096717), F32(0.00132191))
+# Every kernel runs with these LLVM fast-math flags: reassociation lets the sums over states vectorise; no
+# 'nnan'/'ninf', so the clamps in _exp2 keep their meaning.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def _compiled(fn):
+    """njit(parallel=True) with an on-disk cache: numba tries NUMBA_CACHE_DIR, the package's __pycache__, then
+    the user's cache folder; where none is writable it raises, and the kernel is then compiled in every process."""
+    try:
+        return njit(parallel=True, fastmath=FASTMATH, cache=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(parallel=True, fastmath=FASTMATH)(fn)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """Reinterpret an int32 as a float32 (a bitcast, which vectorises; no memory round trip)."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _exp2(x):
+    """2^x for float32 x: round-to-nearest range reduction, a degree-5 polynomial, 2^k from the exponent bits.
+    Below -127 the result is 0 (no denormals), above 127 it grows to inf."""
+    x = min(max(x, F32(-127.0)), F32(127.0))
+    k = np.rint(x)
+    f = x - k  # in [-1/2, 1/2]
+    p = F32(1.0) + f * (EXP2_C1 + f * (EXP2_C2 + f * (EXP2_C3 + f * (EXP2_C4 + f * EXP2_C5))))
+    return p * _float32_from_bits(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _log1p_unit(e):
+    """log(1 + e) for e in [0, 1]: 2 atanh(s) with s = e / (2 + e) in [0, 1/3], as its series to s^11
+    (truncation error below 1e-7)."""
+    s = e / (F32(2.0) + e)
+    s2 = s * s
+    return F32(2.0) * s * (F32(1.0) + s2 * (F32(1.0 / 3) + s2 * (F32(1.0 / 5) + s2 * (
+        F32(1.0 / 7) + s2 * (F32(1.0 / 9) + s2 * F32(1.0 / 11))))))
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _softplus_parts(x):
+    """softplus(x) = max(x, 0) + log1p(exp(-|x|)), and that log1p term (for the sigmoid)."""
+    tail = _log1p_unit(_exp2(-abs(x) * LOG2E))
+    return max(x, F32(0.0)) + tail, tail
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _steps(delta, bias, softplus, need_slope, t0, t1, dt_out, sig_out):
+    """dt = softplus(delta + bias) for steps t0..t1 of one channel into dt_out[0 .. t1 - t0], and with need_slope
+    its derivative sigmoid(delta + bias) = exp(min(x, 0) - tail) into sig_out: independent steps, so this loop
+    vectorises."""
+    for t in range(t0, t1):
+        x = delta[t] + bias
+        if softplus:
+            dt, tail = _softplus_parts(x)
+            dt_out[t - t0] = dt
+            if need_slope:
+                sig_out[t - t0] = _exp2((min(x, F32(0.0)) - tail) * LOG2E)
+        else:
+            dt_out[t - t0] = x
+            if need_slope:
+                sig_out[t - t0] = F32(1.0)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _forward_channel(i, d, N, u, delta, bias, A2, Bt, Ct, skip, softplus, y, last, starts):
+    """One channel's recurrence over the whole sequence (N is a literal in the specialised kernel)."""
+    L = u.shape[2]
+    g = d // (u.shape[1] // Bt.shape[1])
+    keep = starts.shape[0] > 0
+    h = np.zeros(N, F32)
+    dt_buf = np.empty(CHUNK, F32)
+    for c in range((L + CHUNK - 1) // CHUNK):
+        t0 = c * CHUNK
+        t1 = min(t0 + CHUNK, L)
+        if keep:
+            for n in range(N):
+                starts[i, d, c, n] = h[n]
+        _steps(delta[i, d], bias[d], softplus, False, t0, t1, dt_buf, dt_buf)
+        for t in range(t0, t1):
+            dt = dt_buf[t - t0]
+            du = dt * u[i, d, t]
+            acc = F32(0.0)
+            for n in range(N):  # indices, not per-step views: a view costs two reference-count calls
+                state = _exp2(dt * A2[d, n]) * h[n] + du * Bt[i, g, t, n]
+                h[n] = state
+                acc += state * Ct[i, g, t, n]
+            y[i, d, t] = acc + skip[d] * u[i, d, t]
+    for n in range(N):
+        last[i, d, n] = h[n]
+
+
+@_compiled
+def scan_forward(u, delta, bias, A2, Bt, Ct, skip, softplus, y, last, starts):
+    """Writes y (b, D, L) and the last states (b, D, N); the chunk start states too when starts has b rows
+    (pass an empty (0, 0, 0, 0) array for inference)."""
+    b, D = u.shape[0], u.shape[1]
+    N = A2.shape[1]
+    if N == 16:  # the models' d_state: a constant trip count lets LLVM drop the remainder and alias checks
+        for task in prange(b * D):
+            _forward_channel(task // D, task % D, 16, u, delta, bias, A2, Bt, Ct, skip, softplus, y, last, starts)
+    else:
+        for task in prange(b * D):
+            _forward_channel(task // D, task % D, N, u, delta, bias, A2, Bt, Ct, skip, softplus, y, last, starts)
+
+
+@njit(inline="always", fastmath=FASTMATH)
+def _backward_block(p, i, g, N, u, delta, bias, A, Bt, Ct, skip, softplus, starts, gy, g_last,
+                    g_u, g_delta, g_A, g_skip, g_bias, g_B, g_C):
+    """The gradients of block p of group g's channels, batch element i."""
+    L = u.shape[2]
+    H = u.shape[1] // Bt.shape[1]
+    P = g_B.shape[0]
+    per_block = (H + P - 1) // P
+    lam = np.empty(N, F32)
+    h = np.empty(N, F32)
+    A2 = np.empty(N, F32)
+    acc_A = np.empty(N, F32)
+    states = np.empty((CHUNK, N), F32)  # h_{t-1} of every step of the chunk
+    decays = np.empty((CHUNK, N), F32)
+    dt_buf = np.empty(CHUNK, F32)
+    sig_buf = np.empty(CHUNK, F32)
+    for d in range(g * H + p * per_block, g * H + min(H, (p + 1) * per_block)):
+        for n in range(N):
+            A2[n] = A[d, n] * LOG2E
+            lam[n] = g_last[i, d, n]
+            acc_A[n] = F32(0.0)
+        acc_skip = F32(0.0)
+        acc_bias = F32(0.0)
+        for c in range((L + CHUNK - 1) // CHUNK - 1, -1, -1):
+            t0 = c * CHUNK
+            t1 = min(t0 + CHUNK, L)
+            _steps(delta[i, d], bias[d], softplus, True, t0, t1, dt_buf, sig_buf)
+            # recompute the chunk's states and decays from its saved start state
+            for n in range(N):
+                h[n] = starts[i, d, c, n]
+            for t in range(t0, t1):
+                dt = dt_buf[t - t0]
+                du = dt * u[i, d, t]
+                for n in range(N):
+                    a = _exp2(dt * A2[n])
+                    states[t - t0, n] = h[n]
+                    decays[t - t0, n] = a
+                    h[n] = a * h[n] + du * Bt[i, g, t, n]
+            # reverse sweep: lam = dL/dh_t, then carried to step t - 1 as a_t lam
+            for t in range(t1 - 1, t0 - 1, -1):
+                dt = dt_buf[t - t0]
+                u_t = u[i, d, t]
+                du = dt * u_t
+                gy_t = gy[i, d, t]
+                sum_du = F32(0.0)  # dL/d(du_t)
+                sum_dt = F32(0.0)  # dL/d(dt_t) through the decays
+                for n in range(N):
+                    a, h_prev, B_n, C_n = decays[t - t0, n], states[t - t0, n], Bt[i, g, t, n], Ct[i, g, t, n]
+                    g_C[p, i, g, t, n] += gy_t * (a * h_prev + du * B_n)
+                    lam_n = lam[n] + gy_t * C_n
+                    g_B[p, i, g, t, n] += lam_n * du
+                    sum_du += lam_n * B_n
+                    q = lam_n * a * h_prev  # dL/d(dt_t A)
+                    acc_A[n] += q * dt
+                    sum_dt += q * A[d, n]
+                    lam[n] = lam_n * a
+                g_u[i, d, t] = sum_du * dt + gy_t * skip[d]
+                acc_skip += gy_t * u_t
+                g_x = (sum_dt + sum_du * u_t) * sig_buf[t - t0]
+                g_delta[i, d, t] = g_x
+                acc_bias += g_x
+        for n in range(N):
+            g_A[i, d, n] = acc_A[n]
+        g_skip[i, d] = acc_skip
+        g_bias[i, d] = acc_bias
+
+
+@_compiled
+def scan_backward(u, delta, bias, A, Bt, Ct, skip, softplus, starts, gy, g_last,
+                  g_u, g_delta, g_A, g_skip, g_bias, g_B, g_C):
+    """Gradients of scan_forward, from its inputs and chunk start states; A is the natural-log A (D, N).
+
+    gy: (b, D, L); g_last: (b, D, N). Written: g_u, g_delta (b, D, L); per batch element, summed over it by the
+    caller: g_A (b, D, N), g_skip and g_bias (b, D); per block of channels, summed over blocks by the caller:
+    g_B, g_C (P, b, G, L, N), zero on entry. P blocks of channels per group, so P * b * G tasks run in parallel
+    and no two write the same element.
+    """
+    b, G, N = u.shape[0], Bt.shape[1], A.shape[1]
+    tasks = g_B.shape[0] * b * G
+    if N == 16:
+        for task in prange(tasks):
+            _backward_block(task // (b * G), task % (b * G) // G, task % G, 16, u, delta, bias, A, Bt, Ct, skip,
+                            softplus, starts, gy, g_last, g_u, g_delta, g_A, g_skip, g_bias, g_B, g_C)
+    else:
+        for task in prange(tasks):
+            _backward_block(task // (b * G), task % (b * G) // G, task % G, N, u, delta, bias, A, Bt, Ct, skip,
+                            softplus, starts, gy, g_last, g_u, g_delta, g_A, g_skip, g_bias, g_B, g_C)
