@@ -259,3 +259,27 @@ def test_an_unwritable_cache_location_does_not_break_the_backend(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "torch.Size([1, 4, 9])" in done.stdout
     assert not Path(blocker / "cache").exists()
+
+
+def test_cli_scan_backend_option_reaches_the_model(monkeypatch, capsys):
+    from vmunet import cli
+
+    used = []
+    original = ops.BACKENDS["numba"]
+    monkeypatch.setitem(ops.BACKENDS, "numba", lambda *a, **k: used.append("numba") or original(*a, **k))
+    args = ["forward", "--model", "vmunet-tiny", "--image-size", "64", "--num-classes", "2"]
+    assert cli.main([*args, "--scan-backend", "numba"]) == 0
+    assert used and set(used) == {"numba"}
+    used.clear()
+    assert cli.main([*args, "--scan-backend", "torch"]) == 0
+    assert not used
+
+
+def test_cli_numba_requested_but_missing_is_one_line_with_the_install_command(monkeypatch, capsys):
+    from vmunet import cli
+
+    monkeypatch.setattr(scan_numba, "load_kernels", lambda: (None, "ModuleNotFoundError: No module named 'numba'"))
+    code = cli.main(["forward", "--model", "vmunet-tiny", "--image-size", "64", "--scan-backend", "numba"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "vmunet forward: error:" in err and "pip install 'vmunet[fast]'" in err

@@ -23,11 +23,14 @@ def cmd_forward(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     model = create_model(args.model, num_classes=args.num_classes).eval()
     x = torch.randn(1, 3, args.image_size, args.image_size)
-    start = time.perf_counter()
     with torch.no_grad():
+        start = time.perf_counter()
+        model(x)  # the first call also compiles (numba) or loads the scan kernels
+        first = time.perf_counter() - start
+        start = time.perf_counter()
         logits = model(x)
     print(f"{args.model}: input {tuple(x.shape)} -> logits {tuple(logits.shape)} in "
-          f"{time.perf_counter() - start:.2f} s on {torch.get_num_threads()} CPU threads")
+          f"{time.perf_counter() - start:.2f} s on {torch.get_num_threads()} CPU threads (first call {first:.2f} s)")
     return 0
 
 
@@ -65,6 +68,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_scan_backend_argument(parser: argparse.ArgumentParser) -> None:
+    from vmunet.ops import BACKENDS
+
+    parser.add_argument("--scan-backend", default="auto", choices=["auto", *BACKENDS],
+                        help="selective-scan implementation (default auto: numba on CPUs when installed, "
+                             "mamba_ssm on CUDA when installed, else torch)")
+
+
 def add_train_parser(sub) -> None:
     from vmunet.config import preset_names
 
@@ -92,6 +103,7 @@ def add_train_parser(sub) -> None:
                    help="choose the best checkpoint on the split the paper reports (exact comparison only)")
     p.add_argument("--detect-anomaly", action="store_true", help="autograd anomaly detection (slow; debugging)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_scan_backend_argument(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -107,6 +119,7 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects (trusted files)")
     p.add_argument("--no-progress", action="store_true")
+    add_scan_backend_argument(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -120,6 +133,7 @@ def add_demo_parser(sub) -> None:
                    help="default ./vmunet-demo (./vmunet-demo-quick with --quick); an existing run there is "
                         "resumed, a finished one re-evaluated")
     p.add_argument("--no-progress", action="store_true")
+    add_scan_backend_argument(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -128,6 +142,7 @@ def add_forward_parser(sub) -> None:
     p.add_argument("--model", default="vmunet", choices=sorted(PRESETS), help="model preset (default vmunet)")
     p.add_argument("--image-size", type=int, default=256, help="image side, a multiple of 32 (default 256)")
     p.add_argument("--num-classes", type=int, default=1, help="output classes (default 1)")
+    add_scan_backend_argument(p)
     p.set_defaults(func=cmd_forward)
 
 
@@ -201,6 +216,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment images and volumes with a trained run", allow_abbrev=False)
     add_predict_arguments(p)
+    add_scan_backend_argument(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -231,8 +247,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     from vmunet.train import NonFiniteLossError
 
+    from vmunet.ops import use_backend
+
     try:
-        return args.func(args)
+        # "auto" in the models means this choice (export always records the plain-ops scan)
+        with use_backend(getattr(args, "scan_backend", "auto")):
+            return args.func(args)
     except (ValueError, FileNotFoundError, ImportError, NonFiniteLossError, OSError) as error:
         if args.debug:
             raise
