@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from vmunet.ops.scan_ref import finish_output, prepare_inputs
 
 
-def chunk_length(length: int) -> int:
+def sqrt_chunk_length(length: int) -> int:
     """T ~ sqrt(L) balances the T in-chunk steps against the L / T cross-chunk steps."""
     return max(1, math.isqrt(max(length - 1, 0)) + 1)
 
@@ -61,7 +61,7 @@ def selective_scan_torch_autograd(
     batch, dim, length = u.shape
     groups, N = B.shape[1], A.shape[1]
     per_group = dim // groups
-    T = chunk_length(length)
+    T = sqrt_chunk_length(length)
     nc = max(1, -(-length // T))
 
     # Padded positions get delta = 0: dA = 1 and dBu = 0, so they change nothing.

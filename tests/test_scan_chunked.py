@@ -6,8 +6,8 @@ import torch
 
 from test_scan import make_inputs
 from vmunet.ops import selective_scan_ref, selective_scan_torch
-from vmunet.ops.scan_chunked import chunk_length
-from vmunet.ops.workspace import release_workspace
+from vmunet.ops.scan_chunked import MIN_CHUNKS, balanced_chunk_length, flushing_denormals
+from vmunet.ops.workspace import cached_bytes, release_workspace, scan_workspace
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
@@ -107,8 +107,49 @@ def test_traced_scan_uses_plain_ops_and_matches():
     torch.testing.assert_close(traced(*args), scan(*args), rtol=1e-5, atol=1e-5)
 
 
-def test_chunk_length_keeps_chunks_wide_and_steps_few():
-    assert [chunk_length(L) for L in (1, 7, 64, 256, 1024, 4096)] == [1, 1, 4, 16, 32, 64]
+@pytest.mark.parametrize("length", [1, 2, 7, 15, 16, 50, 64, 255, 256, 1000, 1024, 4096, 16384])
+def test_chunk_length_keeps_chunks_wide_and_steps_few(length):
+    """The two properties the loops need: chunks no longer than L / MIN_CHUNKS (rounded up), so the chunk index,
+    the vectorised inner dim, stays wide; and T never past ~sqrt(L), so the 2T + nc Python steps stay ~3 sqrt(L)."""
+    T = balanced_chunk_length(length)
+    nc = -(-length // T)
+    assert 1 <= T and nc * T >= length
+    assert T <= max(1, -(-length // MIN_CHUNKS)) and T * T <= length + 2 * T
+
+
+@pytest.mark.parametrize("user_setting", [True, False])
+def test_the_scan_keeps_the_callers_flush_to_zero_setting(monkeypatch, user_setting):
+    import vmunet.ops.scan_chunked as chunked
+
+    inside = []
+    original = chunked._forward
+    monkeypatch.setattr(chunked, "_forward", lambda *a: inside.append(flushing_denormals()) or original(*a))
+    torch.set_flush_denormal(user_setting)
+    try:
+        assert flushing_denormals() == user_setting
+        x = {k: v.detach().float() for k, v in make_inputs(1, 4, 1, 20).items()}
+        selective_scan_torch(**x)
+        assert inside == [True]  # flushed while the loops run
+        assert flushing_denormals() == user_setting
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_workflows_free_the_scan_buffers_when_they_end():
+    x = {k: v.detach().float() for k, v in make_inputs(2, 8, 2, 300).items()}
+
+    @scan_workspace()
+    def work():
+        selective_scan_torch(**x)
+        assert cached_bytes() > 0
+
+    work()
+    assert cached_bytes() == 0
+    import vmunet.evaluate
+    import vmunet.predict
+    import vmunet.train
+    for workflow in (vmunet.train.train, vmunet.predict.predict_paths, vmunet.evaluate.evaluate_cases):
+        assert hasattr(workflow, "__wrapped__"), f"{workflow.__name__} does not free the scan buffers"
 
 
 @pytest.mark.parametrize("per_block", [1, 2])
@@ -120,7 +161,7 @@ def test_batch_blocks_give_the_whole_batch_result(monkeypatch, per_block):
     wanted = NAMES[:6] + ("delta_bias",)
     weight = (torch.randn(3, 8, 50, dtype=torch.float64), torch.randn(3, 8, 16, dtype=torch.float64))
     expected = grads_of(selective_scan_ref, x, wanted, weight, with_last=True)
-    nc = -(-50 // chunk_length(50))
+    nc = -(-50 // balanced_chunk_length(50))
     monkeypatch.setattr(chunked, "STEP_ELEMENTS", per_block * 8 * 16 * nc)
     assert chunked._batch_block(x["u"], 8 * 16 * nc) == per_block
     got = grads_of(selective_scan_torch, x, wanted, weight, with_last=True)

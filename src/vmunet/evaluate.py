@@ -19,11 +19,13 @@ from pathlib import Path
 
 from vmunet.config import config_from_dict
 from vmunet.inference import Predictor
+from vmunet.ops.workspace import scan_workspace
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_config_dict
 from vmunet.runtime.writers import write_text_atomic
 
 
+@scan_workspace()  # frees the CPU scan's scratch buffers when the cases are scored
 def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_size: int = 8,
                    progress: bool = True) -> dict:
     """{"summary": dict, "rows": per-case dicts, "table": printable text} for 2D images or volumes."""

@@ -22,6 +22,7 @@ import torch
 from vmunet.data.readers import (input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_case,
                                  read_nifti_volume)
 from vmunet.inference import Prediction, Predictor
+from vmunet.ops.workspace import scan_workspace
 from vmunet.runtime.writers import mask_png, write_npy, write_nifti, write_png
 
 __all__ = ["PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files", "plan_outputs",
@@ -156,6 +157,7 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+@scan_workspace()  # frees the CPU scan's scratch buffers when the predictions are written
 def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, checkpoint: str = "best",
                   tta: bool = False, overlay: bool = False, batch_size: int = 8, device: str = "auto",
                   skip_existing: bool = False, save_probabilities: bool = False, allow_pickle: bool = False,

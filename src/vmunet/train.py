@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 import vmunet
 from vmunet.config import TrainConfig, config_from_dict
 from vmunet.data.transforms import recipe_interpolation
+from vmunet.ops.workspace import scan_workspace
 from vmunet.data.splits import TrainingData, prepare_training_data
 from vmunet.models import create_model, load_pretrained_vmamba
 from vmunet.runtime.device import autocast, needs_grad_scaler, progress_bar, seed_everything
@@ -173,6 +174,7 @@ def prepare_run(config: TrainConfig, run_dir: Path, resume: bool) -> TrainConfig
     return config
 
 
+@scan_workspace()  # frees the CPU scan's scratch buffers when training ends
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: TrainingData | None = None,
           progress: bool = True, echo=print) -> TrainResult:
     """Train and return the history; ``data`` overrides the folder readers (used by the demo).

@@ -45,7 +45,7 @@ LOG2E = 1.4426950408889634
 MIN_CHUNKS = 16  # chunk index = the contiguous inner dim of every step's op: at 8 they run ~5x slower than at 32
 
 
-def chunk_length(length: int) -> int:
+def balanced_chunk_length(length: int) -> int:
     """T ~ sqrt(L) balances the 2T in-chunk steps against the nc = L / T cross-chunk steps; T shrinks when
     that would leave fewer than 16 chunks, so that the inner dim stays wide enough to vectorise."""
     return max(1, min(math.isqrt(max(length - 1, 0)) + 1, -(-length // MIN_CHUNKS)))
@@ -80,12 +80,18 @@ def _from_steps(x: torch.Tensor, out: torch.Tensor, slot: str) -> torch.Tensor:
     return out
 
 
+def flushing_denormals() -> bool:
+    """Whether this thread flushes denormal float32 results to zero. PyTorch has a setter and no getter, so
+    ask the CPU: 2^-100 * 2^-30 is denormal in float32 (the smallest normal is 2^-126)."""
+    return (torch.tensor(2.0 ** -100) * 2.0 ** -30).item() == 0.0
+
+
 @contextlib.contextmanager
 def _flush_denormals(x: torch.Tensor):
     """Decays of long chunks underflow through denormal numbers, which CPUs process up to ~10x slower
     (a paper-model forward measured 7 s per stage-1 scan instead of 1 s). Flush them to zero while the
-    loops run; PyTorch has no getter, so this restores its default (off) afterwards."""
-    if x.device.type != "cpu":
+    loops run, then put back the caller's own setting."""
+    if x.device.type != "cpu" or flushing_denormals():
         yield
         return
     torch.set_flush_denormal(True)
@@ -189,7 +195,7 @@ def chunked_forward(dt, du, A, B, C, keep_starts: bool):
 def _forward(dt, du, A, B, C, keep_starts: bool):
     b, D, L = dt.shape
     G, N = B.shape[1], A.shape[1]
-    T = chunk_length(L)
+    T = balanced_chunk_length(L)
     nc = max(1, -(-L // T))
     A2 = (A * LOG2E).view(G, D // G, N, 1)  # (G, H, N, 1)
     y = dt.new_empty(b, D, L)
@@ -239,7 +245,7 @@ def _backward(gy, g_last, dt, du, A, B, C, starts, needs):
     b, D, L = dt.shape
     G, N = B.shape[1], A.shape[1]
     H = D // G
-    T = chunk_length(L)
+    T = balanced_chunk_length(L)
     nc = max(1, -(-L // T))
     A2 = (A * LOG2E).view(G, H, N, 1)
     A1 = A.view(G, H, N, 1)

@@ -51,7 +51,7 @@ def _warn_compile() -> None:
                       "per-step states, so training takes more memory", stacklevel=3)
 
 
-def chunk_length(length: int) -> int:
+def dividing_chunk_length(length: int) -> int:
     """T: the divisor of L nearest above sqrt(L), so that L = nc * T exactly.
 
     No padding: the TorchScript exporter mistranslates the padded layout (broadcast errors in onnxruntime).
@@ -88,7 +88,7 @@ def selective_scan_export(
     _, dim, length = u.shape
     groups, N = B.shape[1], A.shape[1]
     per_group = dim // groups
-    T = chunk_length(length)
+    T = dividing_chunk_length(length)
     nc = length // T
 
     delta_c = _to_chunks(delta, T, nc).unflatten(2, (groups, per_group))  # (T, b, g, h, nc)
