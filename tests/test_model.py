@@ -125,7 +125,8 @@ def test_bad_sizes_channels_and_backends_say_what_to_do():
     with pytest.raises(ValueError, match="unknown selective-scan backend 'cuda'"):
         create_model("vmunet-tiny", scan_backend="cuda")
     with pytest.raises(ValueError,
-                       match="unknown model preset 'vmunet-huge'; choose one of vmunet, vmunet-small, vmunet-tiny"):
+                       match="unknown model preset 'vmunet-huge'; choose one of vmunet, vmunet-deep, vmunet-small, "
+                             "vmunet-tiny, vmunet-v2, vmunet-v2-tiny"):
         create_model("vmunet-huge")
     with pytest.raises(ValueError, match="unknown model option"):
         create_model("vmunet", num_class=2)
