@@ -41,7 +41,7 @@ def test_bad_configuration_is_rejected_with_a_reason(tmp_path):
         build_config("isic19")
     with pytest.raises(ValueError, match="unknown config key\\(s\\) learning_rate"):
         build_config("isic18", sets=["learning_rate=0.1"])
-    with pytest.raises(ValueError, match="epochs must be int \\(got 'ten'\\)"):
+    with pytest.raises(ValueError, match="epochs must be an integer \\(got 'ten'\\)"):
         build_config("isic18", sets=["epochs=ten"])
     with pytest.raises(ValueError, match="image_size must be a positive multiple of 32 \\(got 250; try 224\\)"):
         build_config("isic18", overrides={"image_size": 250})

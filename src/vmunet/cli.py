@@ -35,7 +35,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from vmunet.config import build_config
+    from vmunet.config import resolve_config
     from vmunet.train import train
 
     if not (args.preset or args.config or args.resume):
@@ -46,8 +46,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "num_workers": args.num_workers, "accumulate": args.accumulate,
                  "paper_selection": True if args.paper_selection else None,
                  "detect_anomaly": True if args.detect_anomaly else None}
-    config = build_config(args.preset, args.config, overrides, args.set)
-    result = train(config, args.run_dir, resume=args.resume, progress=not args.no_progress)
+    config, given = resolve_config(args.preset, args.config, overrides, args.set)
+    # --resume continues the run as saved: only what was typed is compared with it (see vmunet.train)
+    result = train(config, args.run_dir, resume=args.resume, progress=not args.no_progress,
+                   changes=given if args.resume else None)
     print(f"done: best epoch {result.best_epoch}, checkpoints in {result.run_dir / 'checkpoints'}")
     return 0
 
@@ -241,6 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(error: BaseException) -> str:
+    """The user's message. A DataLoader worker's error arrives as 'Caught ValueError in DataLoader worker
+    process 0. Original Traceback ...': the original message is its last line, the same as with 0 workers."""
+    text = str(error) or type(error).__name__
+    if "in DataLoader worker process" in text and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        prefix = f"{type(error).__name__}: "
+        text = last[len(prefix):] if last.startswith(prefix) else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -253,10 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         # "auto" in the models means this choice (export always records the plain-ops scan)
         with use_backend(getattr(args, "scan_backend", "auto")):
             return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError, NonFiniteLossError, OSError) as error:
+    except (ValueError, FileNotFoundError, ImportError, NonFiniteLossError, OSError, MemoryError) as error:
         if args.debug:
             raise
-        print(f"vmunet {args.command}: error: {error}", file=sys.stderr)
+        print(f"vmunet {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vmunet {args.command}: interrupted; finished outputs are kept (train: --resume continues)",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -64,16 +67,20 @@ class TrainConfig:
             (self.image_size > 0 and self.image_size % 32 == 0,
              f"image_size must be a positive multiple of 32 (got {self.image_size}; try "
              f"{max(32, self.image_size // 32 * 32)})"),
-            (self.epochs >= 1 and self.batch_size >= 1 and self.accumulate >= 1,
-             "epochs, batch_size and accumulate must be >= 1"),
+            (self.epochs >= 1, f"epochs must be >= 1 (got {self.epochs})"),
+            (self.batch_size >= 1, f"batch_size must be >= 1 (got {self.batch_size})"),
+            (self.accumulate >= 1, f"accumulate must be >= 1 (got {self.accumulate})"),
             (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1) (got {self.val_fraction})"),
             (self.num_classes is None or self.num_classes >= 1, f"num_classes must be >= 1 (got {self.num_classes})"),
             # 0 would "train" without a single optimizer step and still write checkpoints.
             (self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
              f"max_steps_per_epoch must be >= 1 or null (got {self.max_steps_per_epoch})"),
             (self.val_interval >= 1, f"val_interval must be >= 1 (got {self.val_interval})"),
-            (self.lr > 0 and self.weight_decay >= 0 and self.eta_min >= 0 and self.t_max >= 1,
-             "lr must be > 0, weight_decay and eta_min >= 0, t_max >= 1"),
+            (self.lr > 0, f"lr must be > 0 (got {self.lr})"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0 (got {self.weight_decay})"),
+            (self.eta_min >= 0, f"eta_min must be >= 0 (got {self.eta_min})"),
+            (self.t_max >= 1, f"t_max must be >= 1 (got {self.t_max})"),
+            (all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1) (got {list(self.betas)})"),
             (self.num_workers >= 0, f"num_workers must be >= 0 (got {self.num_workers})"),
             (self.dist_timeout_minutes > 0, f"dist_timeout_minutes must be > 0 (got {self.dist_timeout_minutes})"),
         ]
@@ -89,6 +96,8 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+HINTS = typing.get_type_hints(TrainConfig)
+_MISSING = object()
 
 
 def preset_names() -> list[str]:
@@ -124,42 +133,87 @@ def apply_values(config: TrainConfig, values: dict, source: str) -> TrainConfig:
     if unknown:
         raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(FIELDS)}")
     for key, value in values.items():
-        if key == "betas" and value is not None:
-            value = tuple(float(v) for v in value)
         setattr(config, key, coerce(key, value, source))
     return config
 
 
+def _describe(kind) -> str:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is tuple:
+        return f"a list of {len(args)} numbers, e.g. {list(TrainConfig().betas)}"
+    if origin is list:
+        return "a list of strings"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+
+
 def coerce(key: str, value, source: str):
-    """Check simple types so that a typo like epochs=ten fails here, not deep in training."""
-    default = getattr(TrainConfig(), key)
-    if value is None or default is None or isinstance(default, (tuple, list)):
-        return value
-    kind = type(default)
-    if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:  # YAML reads 5e-4 (no dot) as a string
-            return float(value)
-        except ValueError:
-            raise ValueError(f"{source}: {key} must be a number (got {value!r})") from None
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(f"{source}: {key} must be {kind.__name__} (got {value!r})")
-    return value
+    """Check a value against the field's declared type, so that epochs=ten, betas=0.9 or num_classes=abc fail
+    here with one line, not deep in training. Numbers for a float field and for a string field are converted
+    (YAML reads 5e-4, without a dot, as a string; a folder may be called 2024)."""
+    kind = HINTS[key]
+    options = typing.get_args(kind) if typing.get_origin(kind) in (types.UnionType, typing.Union) else ()
+    if options:
+        if value is None:
+            return None
+        kind = next(option for option in options if option is not type(None))
+    origin = typing.get_origin(kind)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    converted = _MISSING
+    if origin is tuple and isinstance(value, (list, tuple)) and len(value) == len(typing.get_args(kind)) \
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        converted = tuple(float(v) for v in value)
+    elif origin is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        converted = list(value)
+    elif kind is bool and isinstance(value, bool):
+        converted = value
+    elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+        converted = value
+    elif kind is float and (number or isinstance(value, str)):
+        with contextlib.suppress(ValueError):
+            converted = float(value)
+    elif kind is str and (isinstance(value, str) or number):
+        converted = str(value)
+    if converted is _MISSING:
+        raise ValueError(f"{source}: {key} must be {_describe(kind)} (got {value!r})")
+    return converted
 
 
 def build_config(preset: str | None = None, config_file: str | Path | None = None,
                  overrides: dict | None = None, sets: list[str] | None = None) -> TrainConfig:
     """Preset, then YAML file, then explicit overrides (CLI flags), then --set items; validated."""
+    return resolve_config(preset, config_file, overrides, sets)[0]
+
+
+def resolve_config(preset: str | None = None, config_file: str | Path | None = None,
+                   overrides: dict | None = None, sets: list[str] | None = None) -> tuple[TrainConfig, dict]:
+    """``build_config``'s validated config and {key: (final value, True if only the preset set it)} for every
+    key that was given: what a ``--resume`` compares with the saved run."""
     config = TrainConfig()
+    sources = []
     if preset:
-        apply_values(config, load_preset(preset), f"preset {preset}")
+        sources.append((load_preset(preset), f"preset {preset}"))
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
-        apply_values(config, read_yaml(path.read_text(), str(path)), str(path))
-    apply_values(config, {k: v for k, v in (overrides or {}).items() if v is not None}, "command line")
-    apply_values(config, dict(parse_override(item) for item in sets or []), "--set")
-    return config.validate()
+        sources.append((read_yaml(read_text(path), str(path)), str(path)))
+    sources.append(({k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
+    sources.append((dict(parse_override(item) for item in sets or []), "--set"))
+    given = {}
+    for values, source in sources:
+        apply_values(config, values, source)
+        given.update(dict.fromkeys(values, source.startswith("preset ")))
+    return config.validate(), {key: (getattr(config, key), by_preset) for key, by_preset in given.items()}
+
+
+def read_text(path: str | Path) -> str:
+    """A text file's contents; an undecodable file is an error naming it."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {error.start}: {error.reason}); save it as "
+                         "UTF-8 YAML") from None
 
 
 def config_from_dict(values: dict) -> TrainConfig:

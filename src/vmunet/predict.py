@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmunet.data.readers import (input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_case,
-                                 read_nifti_volume)
+from vmunet.data.readers import (input_kind, list_folder, output_stem, read_h5_volume, read_image_file,
+                                 read_nifti_case, read_nifti_volume)
 from vmunet.inference import Prediction, Predictor
 from vmunet.ops.workspace import scan_workspace
-from vmunet.runtime.writers import mask_png, write_npy, write_nifti, write_png
+from vmunet.runtime.run_folder import run_folder_files
+from vmunet.runtime.writers import (check_output_folder, mask_png, refuse_overwriting, write_nifti, write_npy,
+                                   write_png)
 
 __all__ = ["PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files", "plan_outputs",
            "predict_paths"]
@@ -40,8 +42,7 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple
         if not path.exists():
             raise FileNotFoundError(f"{path}: input not found")
         if path.is_dir():
-            found = sorted(p for p in path.iterdir()
-                           if p.is_file() and not p.name.startswith(".") and input_kind(p))
+            found = [p for p in list_folder(path) if input_kind(p)]
             if not found:
                 problems.append((path, "folder holds no PNG/JPG/TIFF/BMP images, NIfTI or .h5 volumes"))
             files.extend(found)
@@ -149,6 +150,24 @@ def plan_outputs(files: list[Path], out_dir: Path, cases: dict[str, list[Path]] 
     return jobs
 
 
+def planned_files(jobs: list[_Job], out_dir: Path, overlay: bool, save_probabilities: bool,
+                  inputs: list[Path]) -> list[Path]:
+    """Every file predict may write: label maps, probabilities and overlays (a volume's overlays are named
+    by slice: any input named like one of them counts)."""
+    planned = [job.output for job in jobs]
+    for job in jobs:
+        if save_probabilities:
+            suffix = ".npy" if job.kind == "image" else (".nii" if job.output.name.endswith(".nii") else ".nii.gz")
+            planned.append(out_dir / "probabilities" / f"{job.stem}{suffix}")
+        if overlay and job.kind == "image":
+            planned.append(out_dir / "overlays" / f"{job.stem}.png")
+        elif overlay:
+            overlays = (out_dir / "overlays").resolve()
+            planned.extend(path for path in inputs if path.resolve().parent == overlays
+                           and path.name.startswith(f"{job.stem}_slice"))
+    return planned
+
+
 # What reading a bad or unreadable file raises (PIL, nibabel, h5py, gzip); caught around reading only.
 READ_ERRORS = (OSError, ValueError, KeyError, zlib.error, EOFError)
 
@@ -178,11 +197,15 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     out_dir = Path(out_dir)
     files, problems = collect_inputs(inputs)
     channels = read_run_info(run_dir).input_channels
+    inputs_read = list(files)
     cases = None
     if channels > 1:
         files, cases, unpaired = group_channel_files(files, channels)
         problems += unpaired
     jobs = plan_outputs(files, out_dir, cases)
+    check_output_folder(out_dir)
+    refuse_overwriting(planned_files(jobs, out_dir, overlay, save_probabilities, inputs_read),
+                       inputs_read + run_folder_files(run_dir))
     summary = PredictSummary()
     for path, problem in problems:
         summary.failed.append((path, problem))

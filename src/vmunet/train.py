@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,11 +32,11 @@ from vmunet.data.transforms import recipe_interpolation
 from vmunet.ops.workspace import scan_workspace
 from vmunet.data.splits import TrainingData, prepare_training_data
 from vmunet.models import create_model, load_pretrained_vmamba
-from vmunet.runtime.device import autocast, needs_grad_scaler, progress_bar, seed_everything
+from vmunet.runtime.device import autocast, is_out_of_memory, needs_grad_scaler, progress_bar, seed_everything
 from vmunet.runtime.distributed import (DistInfo, EpochSampler, all_finite, barrier, check_replicas_in_sync,
                                         init_distributed, mean_over_ranks, shutdown_distributed)
-from vmunet.runtime.run_folder import (RunInfo, checkpoint_dir, load_checkpoint, load_weights, read_config_dict,
-                                       save_checkpoint, write_config, write_run_info)
+from vmunet.runtime.run_folder import (LOCK_FILE, RunFolderLock, RunInfo, checkpoint_dir, load_checkpoint,
+                                       load_weights, read_config_dict, save_checkpoint, write_config, write_run_info)
 from vmunet.runtime.writers import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
+    """The loss became NaN or inf; nothing is saved for that epoch (the last good checkpoint, if any, is kept)."""
 
 
 @dataclass
@@ -158,45 +160,164 @@ def build_datasets(config: TrainConfig, data: TrainingData):
     return train_set, val_set
 
 
-def prepare_run(config: TrainConfig, run_dir: Path, resume: bool) -> TrainConfig:
-    """Check the folder, and on resume take the saved config (a larger --epochs may extend the run)."""
-    check_writable(run_dir)
+# What a --resume may change: where the data is, how long the run goes, and how this machine runs it. Everything
+# else (batch size, image size, lr, augmentation, ...) would make the resumed run another run.
+RESUME_CHANGEABLE = ("epochs", "data", "device", "num_workers", "detect_anomaly", "dist_timeout_minutes")
+PATH_KEYS = ("data", "pretrained")
+
+
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The config with its folders and files absolute, so that a run folder works from any directory."""
+    paths = {key: str(Path(getattr(config, key)).expanduser().resolve()) for key in PATH_KEYS if getattr(config, key)}
+    return dataclasses.replace(config, **paths)
+
+
+def _same(key: str, a, b) -> bool:
+    if key in PATH_KEYS and a and b:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+
+
+def resume_config(config: TrainConfig, run_dir: Path, changes: dict | None = None) -> TrainConfig:
+    """The saved config of the run in ``run_dir``, with the safe changes applied (``RESUME_CHANGEABLE``).
+
+    ``changes`` is {key: (value, given only by a preset)} as ``vmunet.config.resolve_config`` returns it (the
+    command line: only what was typed); None compares every set field of ``config`` (the Python API). A value
+    that differs from the saved one is applied when it is safe to change, refused otherwise; a preset is only
+    compared, never applied (its epochs would replace the run's own).
+    """
     last = checkpoint_dir(run_dir) / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise FileNotFoundError(f"{last}: nothing to resume (no last checkpoint in the run folder)")
-        saved = config_from_dict(read_config_dict(run_dir))
-        if config.epochs != saved.epochs:
-            saved.epochs = config.epochs
-        return saved
-    if last.is_file():
+    if not last.is_file():
+        raise FileNotFoundError(f"{last}: nothing to resume (no last checkpoint in the run folder)")
+    saved = config_from_dict(read_config_dict(run_dir))
+    if changes is None:
+        changes = {key: (value, False) for key, value in dataclasses.asdict(config).items() if value is not None}
+    refused, applied = [], {}
+    for key, (value, by_preset) in changes.items():
+        if _same(key, value, getattr(saved, key)):
+            continue
+        if key not in RESUME_CHANGEABLE:
+            refused.append(f"{key} {getattr(saved, key)!r} -> {value!r}")
+        elif not by_preset:
+            applied[key] = value
+    if refused:
+        raise ValueError(f"{run_dir}: --resume continues the run as saved, and these settings differ from it: "
+                         f"{'; '.join(refused)}; drop them (only {', '.join(RESUME_CHANGEABLE)} may change), "
+                         "or start a new run in another --run-dir")
+    return with_absolute_paths(dataclasses.replace(saved, **applied)).validate()
+
+
+def refuse_existing_run(run_dir: Path) -> None:
+    """A folder is a run once it holds a checkpoint; the leftovers of a failed start are not one."""
+    if (checkpoint_dir(run_dir) / "last.pt").is_file():
         raise ValueError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --run-dir")
-    return config
+
+
+def check_first_samples(data: TrainingData) -> None:
+    """Read the first training and selection sample before the run folder is made: a wrong mask format or
+    label range fails here, leaving nothing behind (a bad file further on is found when it is read)."""
+    for samples in (data.train, data.val):
+        if len(samples):
+            samples[0]
+
+
+class StartCleanup:
+    """What a fresh start creates in the run folder, removed if it fails before its first checkpoint."""
+
+    MADE = ("config.yaml", "run.json", "history.csv")
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self.created_folder = not run_dir.exists()
+        self.created_board = not (run_dir / "tensorboard").exists()
+
+    def __call__(self) -> None:
+        if (checkpoint_dir(self.run_dir) / "last.pt").is_file():
+            return
+        for name in self.MADE:
+            with contextlib.suppress(OSError):
+                (self.run_dir / name).unlink()
+        if self.created_board:
+            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
+        with contextlib.suppress(OSError):
+            checkpoint_dir(self.run_dir).rmdir()  # only if empty
+        with contextlib.suppress(OSError):
+            (self.run_dir / LOCK_FILE).unlink()  # still held: another start waits on nothing
+        if self.created_folder:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
 
 
 @scan_workspace()  # frees the CPU scan's scratch buffers when training ends
 def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: TrainingData | None = None,
-          progress: bool = True, echo=print) -> TrainResult:
+          progress: bool = True, echo=print, changes: dict | None = None) -> TrainResult:
     """Train and return the history; ``data`` overrides the folder readers (used by the demo).
 
-    Under torchrun every rank calls this; only rank 0 writes the run folder.
+    Under torchrun every rank calls this; only rank 0 writes the run folder, and holds its lock for the whole
+    run (a second training in the folder, ``--resume`` included, fails at once). ``resume`` continues the saved
+    run; ``changes`` (see ``resume_config``) says which settings were given, None: every set field of ``config``.
     """
     run_dir = Path(run_dir)
     dist_info, device = init_distributed(config.device, config.dist_timeout_minutes)
+    lock = RunFolderLock(run_dir)
     try:
         return _train(config, run_dir, resume, data, progress and dist_info.is_main,
-                      echo if dist_info.is_main else (lambda *a, **k: None), dist_info, device)
+                      echo if dist_info.is_main else (lambda *a, **k: None), dist_info, device, changes, lock)
     finally:
+        lock.release()
         shutdown_distributed()
 
 
-def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, device) -> TrainResult:
-    if dist_info.is_main:
-        config = prepare_run(config, run_dir, resume)
-    barrier(dist_info)
-    if not dist_info.is_main and resume:
-        config = prepare_run(config, run_dir, resume)  # every rank resumes from the same saved config
+def _start(config, run_dir, resume, data, changes, lock: RunFolderLock, echo):
+    """Rank 0: lock the folder, resolve the config, check the data, then make the folder (fresh runs)."""
+    if run_dir.is_dir():
+        lock.acquire()
+    config = resume_config(config, run_dir, changes) if resume else with_absolute_paths(config)
+    if not resume:
+        refuse_existing_run(run_dir)
     data = data or prepare_training_data(config)
+    check_first_samples(data)
+    cleanup = None if resume else StartCleanup(run_dir)
+    check_writable(run_dir)
+    if lock.handle is None:
+        lock.acquire()
+        if not resume:
+            refuse_existing_run(run_dir)  # another start may have finished in between
+    return config, data, cleanup
+
+
+def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, device, changes,
+           lock: RunFolderLock) -> TrainResult:
+    cleanup = None
+    if dist_info.is_main:
+        config, data, cleanup = _start(config, run_dir, resume, data, changes, lock, echo)
+    barrier(dist_info)
+    if not dist_info.is_main:
+        if resume:
+            config = resume_config(config, run_dir, changes)  # every rank resumes from the same saved config
+        data = data or prepare_training_data(config)
+    try:
+        try:
+            return _fit(config, run_dir, resume, data, progress, echo, dist_info, device)
+        except NonFiniteLossError as error:
+            last = checkpoint_dir(run_dir) / "last.pt"
+            kept = (f"{last} of epoch {load_checkpoint(last).get('epoch')} is kept" if last.is_file()
+                    else "no checkpoint had been written")
+            raise NonFiniteLossError(f"{error}; stopped without saving ({kept}); try a lower lr, no --amp, or "
+                                     "--detect-anomaly to find the operation") from None
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            raise MemoryError(f"out of memory on {device} training {config.model} at image_size "
+                              f"{config.image_size}, batch {config.batch_size} per process: try a smaller "
+                              "--image-size or --batch-size" + (" or --amp" if not config.amp else "")) from None
+    except BaseException:
+        if cleanup is not None:
+            cleanup()  # a fresh start that failed before its first checkpoint leaves nothing behind
+        raise
+
+
+def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, device) -> TrainResult:
     seed_everything(config.seed)  # the initial weights, identical on every rank
     model = create_model(config.model, num_classes=data.num_classes, input_channels=data.input_channels,
                          scan_backend=config.scan_backend,
@@ -241,6 +362,10 @@ def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, d
     echo(f"training on {len(data.train)} samples, selecting on {len(data.val)} ({data.val_source}); "
          f"batch {config.batch_size} per process x {dist_info.world_size} process(es) x accumulate "
          f"{config.accumulate} = global batch {global_batch}; device {device}")
+    if val_set is None:
+        echo(f"warning: no samples to select the best checkpoint on ({len(data.train)} training samples; holding "
+             "out needs val_fraction > 0 and at least 2 training cases): best.pt is the epoch with the lowest "
+             "training loss")
     board = SummaryWriterOrNone(run_dir / "tensorboard", enabled=dist_info.is_main)
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -261,8 +386,8 @@ def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, d
                    "val_dice": f"{val_dice:.6f}", "lr": f"{lr:.8g}",
                    "seconds": f"{time.perf_counter() - started:.2f}"}
             history.append(row)
-            # Without a selection set the last epoch is the best one.
-            score = val_dice if val_set is not None else float(epoch)
+            # Without a selection set (warned above) the lowest training loss chooses.
+            score = val_dice if val_set is not None else -train_loss
             improved = score == score and score > best_score
             if improved:
                 best_score, best_epoch = score, epoch + 1
@@ -276,9 +401,10 @@ def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, d
             write_history(run_dir, history)
             board.scalars({"loss/train": train_loss, "loss/val": val_loss, "dice/val": val_dice, "lr": lr},
                           epoch + 1)
-            echo(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                 f"val dice {val_dice:.4f}, lr {lr:.2e}, {float(row['seconds']):.1f} s"
-                 + (" *best*" if improved and val_set is not None else ""))
+            scores = (f"val loss {val_loss:.4f}, val dice {val_dice:.4f}" if val_set is not None
+                      else "no selection set")
+            echo(f"epoch {epoch + 1}/{config.epochs}: train loss {train_loss:.4f}, {scores}, lr {lr:.2e}, "
+                 f"{float(row['seconds']):.1f} s" + (" *best*" if improved else ""))
             barrier(dist_info)
     finally:
         board.close()
@@ -314,9 +440,7 @@ def train_one_epoch(network, dataset, sampler: EpochSampler, loss_fn, optimizer,
                 logits = network(images)
             loss = loss_fn(logits.float(), labels)
             if not all_finite(loss, dist_info):
-                raise NonFiniteLossError(f"loss is not finite at epoch {epoch + 1}, step {step + 1}; stopped "
-                                         "without saving (the last good checkpoint is kept); try a lower lr, "
-                                         "no --amp, or --detect-anomaly to find the operation")
+                raise NonFiniteLossError(f"loss is not finite at epoch {epoch + 1}, step {step + 1}")
             update = (step + 1) % config.accumulate == 0 or step + 1 == steps
             # Gradients are only all-reduced on the micro-step that updates.
             sync = network.no_sync() if dist_info.enabled and not update else contextlib.nullcontext()

@@ -37,12 +37,30 @@ def check_same_shape(image_shape: tuple, label_shape: tuple, source: str | Path)
                          f"{tuple(label_shape)}")
 
 
+def check_same_affine(affine, reference, source: str | Path, reference_name: str, atol: float = 1e-4) -> None:
+    """Two NIfTI files of one case (an image and its label, two channels) must lie on the same voxel grid; the
+    tolerance absorbs float noise of the header (nnU-Net refuses such cases too)."""
+    a, b = np.asarray(affine, np.float64), np.asarray(reference, np.float64)
+    if a.shape != b.shape or not np.allclose(a, b, rtol=0, atol=atol):
+        raise ValueError(f"{source}: affine {_matrix(a)} differs from {reference_name}'s {_matrix(b)} "
+                         "(not on the same voxel grid: resample one onto the other)")
+
+
+def _matrix(a: np.ndarray) -> str:
+    return "[" + "; ".join(" ".join(f"{v:.6g}" for v in row) for row in a[:3]) + "]"
+
+
 def check_finite(image: np.ndarray, source: str | Path) -> None:
     if not np.all(np.isfinite(image)):
         raise ValueError(f"{source}: image has NaN or infinite values")
 
 
 def _show(values: np.ndarray, limit: int = 10) -> str:
-    items = [f"{v:g}" if isinstance(v, float) else str(v) for v in values.tolist()[:limit]]
+    """Values as the file holds them: 1.0000001 stays 1.0000001 (shortest repr of the array's own dtype)."""
+    values = np.asarray(values)
+    if values.dtype.kind == "f":
+        items = [np.format_float_positional(v, trim="-") for v in values[:limit]]
+    else:
+        items = [str(v) for v in values.tolist()[:limit]]
     more = f", ... ({len(values)} in all)" if len(values) > limit else ""
     return "[" + ", ".join(items) + more + "]"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet.data.checks import check_same_shape
-from vmunet.data.readers import IMAGE_SUFFIXES, read_image
+from vmunet.data.readers import IMAGE_SUFFIXES, list_folder, read_image, read_rgb_image
 
 SPLITS = ("train", "val", "test")
 MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}
@@ -47,9 +47,20 @@ def _mask_key(stem: str) -> str:
     return stem
 
 
+LOSSY_MASK_SUFFIXES = {".jpg", ".jpeg"}
+
+
 def _list_files(folder: Path, suffixes: set[str]) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes)
+    return sorted(p for p in list_folder(folder) if p.suffix.lower() in suffixes)
+
+
+def _check_mask_formats(mask_dir: Path) -> None:
+    """A JPEG mask is not a mask: its compression blurs the 0/255 edges into other values."""
+    lossy = _list_files(mask_dir, LOSSY_MASK_SUFFIXES)
+    if lossy:
+        raise ValueError(f"{lossy[0]}: masks must be lossless (PNG, BMP, TIFF or GIF); JPEG compression changes "
+                         "mask values: re-export it as PNG" + (f" ({len(lossy)} JPEG masks in all)"
+                                                                if len(lossy) > 1 else ""))
 
 
 def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
@@ -59,6 +70,7 @@ def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]
         if path.stem in images:
             raise ValueError(f"{path}: two images share the stem {path.stem!r} (also {images[path.stem]})")
         images[path.stem] = path
+    _check_mask_formats(mask_dir)
     masks: dict[str, Path] = {}
     for path in _list_files(mask_dir, MASK_SUFFIXES):
         key = _mask_key(path.stem)
@@ -108,7 +120,7 @@ class IsicFolder:
 
     def __getitem__(self, index: int) -> dict:
         case_id, image_path, mask_path = self.items[index]
-        image = read_image(image_path, "RGB").astype(np.float32)  # (H, W, 3)
+        image = read_rgb_image(image_path)  # (H, W, 3), the file's own value range (16-bit, float TIFF)
         label = read_binary_mask(mask_path)  # (H, W)
         check_same_shape(image.shape[:2], label.shape, f"{image_path} and {mask_path}")
         return {"image": image, "label": label, "case_id": case_id}

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet.data.checks import check_finite, check_labels, check_same_shape
+from vmunet.data.checks import check_finite, check_labels, check_same_affine, check_same_shape
+from vmunet.data.readers import list_folder
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii(\.gz)?)$")  # nnU-Net: CASE_XXXX.nii.gz
 
@@ -85,9 +86,7 @@ def find_cases(root: str | Path, subset: str = "Tr") -> dict[str, list[Path]]:
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{image_dir}: folder not found")
     channels: dict[str, dict[int, Path]] = {}
-    for path in sorted(image_dir.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
+    for path in list_folder(image_dir):
         match = CHANNEL_FILE.match(path.name)
         if match is None:
             if path.name.endswith((".nii", ".nii.gz")):
@@ -147,13 +146,14 @@ def read_header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, f
 
 def read_volume(image_files: list[Path], label_file: Path | None, num_classes: int | None, case_id: str) -> dict:
     """One case: image float32 (D, H, W) for one channel, (D, H, W, C) for several; label int64 (D, H, W)."""
-    channels = []
+    channels, affine = [], None
     for path in image_files:
         img, data = _load(path)
         data = _to_dhw(data, path).astype(np.float32)
         check_finite(data, path)
         if channels:
             check_same_shape(channels[0].shape, data.shape, f"{path} (channel shape vs {image_files[0].name})")
+            check_same_affine(img.affine, affine, path, image_files[0].name)
         channels.append(data)
         if len(channels) == 1:
             zooms = img.header.get_zooms()[:3]
@@ -162,10 +162,11 @@ def read_volume(image_files: list[Path], label_file: Path | None, num_classes: i
     image = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
     label = None
     if label_file is not None:
-        _, data = _load(label_file)
+        label_img, data = _load(label_file)
         data = _to_dhw(data, label_file)
         label = check_labels(data, num_classes, label_file) if num_classes else data.astype(np.int64)
         check_same_shape(channels[0].shape, label.shape, f"{label_file} (label vs {image_files[0].name})")
+        check_same_affine(label_img.affine, affine, label_file, image_files[0].name)
     return {"image": image, "label": label, "case_id": case_id, "spacing": spacing, "affine": affine}
 
 

@@ -6,6 +6,7 @@ training and prediction decode a file the same way. Every error names the file.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,20 @@ def input_kind(path: Path) -> str | None:
     return None
 
 
+def list_folder(folder: Path) -> list[Path]:
+    """The visible files of ``folder``, sorted; a symbolic link to nothing is an error naming it (it would
+    otherwise be left out without a word, and its partner reported as unpaired)."""
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_symlink() and not path.exists():
+            raise ValueError(f"{path}: broken symbolic link (its target {os.readlink(path)} does not exist)")
+        if path.is_file():
+            files.append(path)
+    return files
+
+
 def output_stem(path: Path) -> str:
     """The file name without its (possibly double) extension: case.nii.gz -> case, case.npy.h5 -> case."""
     name = path.name
@@ -42,6 +57,12 @@ def output_stem(path: Path) -> str:
 def read_image_file(path: Path) -> np.ndarray:
     """(H, W) grey or (H, W, 3) RGB array with the file's own value range (16-bit stays 16-bit)."""
     return read_image(path, "RGB", keep_modes=GREY_MODES)
+
+
+def read_rgb_image(path: Path) -> np.ndarray:
+    """(H, W, 3) float32 for training: ``read_image_file`` (what prediction reads), grey repeated to RGB."""
+    image = read_image_file(path).astype(np.float32)
+    return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
 
 
 def read_h5_volume(path: Path) -> np.ndarray:

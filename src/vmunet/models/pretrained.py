@@ -4,6 +4,8 @@ Rule (as the official code): checkpoint keys load by name into the encoder; then
 also copied into decoder stage 3 - i (``layers.i.`` -> ``layers_up.(3-i).``) wherever the renamed key
 exists. Unlike the official code we load on the CPU whatever device saved the file, check every shape
 (a mismatch is skipped and reported, never a crash halfway) and report what was loaded.
+A trained vmunet checkpoint (keys ``vmunet.*``) given instead loads by name into encoder and decoder (a
+fine-tuning start), with the same shape checks, and the report says so.
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ class LoadReport:
     skipped: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
 
+    source: str = "VMamba"  # or a sentence saying it was a vmunet checkpoint
+
     def summary(self) -> str:
-        return (f"pretrained weights: {len(self.loaded)} model tensors loaded, {len(self.missing)} kept at their "
-                f"initialisation, {len(self.skipped)} checkpoint tensors unused")
+        origin = "" if self.source == "VMamba" else f" ({self.source})"
+        return (f"pretrained weights{origin}: {len(self.loaded)} model tensors loaded, {len(self.missing)} kept at "
+                f"their initialisation, {len(self.skipped)} checkpoint tensors unused")
 
 
 def read_vmamba_checkpoint(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -84,6 +89,24 @@ def map_vmamba_keys(checkpoint: dict[str, torch.Tensor], model_state: dict[str, 
     return chosen, unused
 
 
+VMUNET_PREFIX = "vmunet."  # every key of a VMUNet's state_dict (official names)
+
+
+def map_vmunet_keys(checkpoint: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor]):
+    """A trained VM-UNet's weights as a start: by name (prefix removed), shape-checked (a head for another
+    number of classes is skipped). Returns ({model key: tensor}, {checkpoint key: reason it is unused})."""
+    chosen, unused = {}, {}
+    for key, value in checkpoint.items():
+        target = key[len(VMUNET_PREFIX):]
+        if target not in model_state:
+            unused[key] = "no matching model key"
+        elif model_state[target].shape != value.shape:
+            unused[key] = f"shape {tuple(value.shape)} != model {target} {tuple(model_state[target].shape)}"
+        else:
+            chosen[target] = value
+    return chosen, unused
+
+
 def load_pretrained_vmamba(model: nn.Module, checkpoint: str | os.PathLike | dict[str, torch.Tensor],
                            allow_pickle: bool = False) -> LoadReport:
     """Load VMamba ImageNet weights into a VMUNet (or its inner VSSM) in place; returns a LoadReport."""
@@ -91,14 +114,22 @@ def load_pretrained_vmamba(model: nn.Module, checkpoint: str | os.PathLike | dic
     prefix = "vmunet." if network is not model else ""
     state = checkpoint if isinstance(checkpoint, dict) else read_vmamba_checkpoint(checkpoint, allow_pickle)
     own = network.state_dict()
-    chosen, unused = map_vmamba_keys(state, own)
+    source = "the given state dict" if isinstance(checkpoint, dict) else os.fspath(checkpoint)
+    trained = bool(state) and all(key.startswith(VMUNET_PREFIX) for key in state)
+    if trained:  # a vmunet checkpoint (a trained VM-UNet): every tensor by name, encoder and decoder
+        chosen, unused = map_vmunet_keys(state, own)
+    else:
+        chosen, unused = map_vmamba_keys(state, own)
     if not chosen:
-        source = "the given state dict" if isinstance(checkpoint, dict) else os.fspath(checkpoint)
-        raise ValueError(f"{source}: no tensor matches the model (is this a VMamba checkpoint of the same size?)")
+        what = ("a vmunet checkpoint of another model size" if trained
+                else "no tensor matches the model (is this a VMamba checkpoint of the same size?)")
+        raise ValueError(f"{source}: {what}")
     with torch.no_grad():
         for key, value in chosen.items():
             own[key].copy_(value)
     report = LoadReport(loaded=sorted(prefix + k for k in chosen), skipped=unused,
-                        missing=sorted(prefix + k for k in own if k not in chosen))
+                        missing=sorted(prefix + k for k in own if k not in chosen),
+                        source="a vmunet checkpoint, loaded by name (to continue its own run instead: "
+                               "--resume in its run folder)" if trained else "VMamba")
     logger.info(report.summary())
     return report

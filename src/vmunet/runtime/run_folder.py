@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zipfile
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from vmunet.config import read_text, read_yaml
 from vmunet.models import VMUNet, create_model
 from vmunet.runtime.writers import atomic_write_bytes, write_text_atomic
 
@@ -48,6 +50,53 @@ class RunInfo:
     @property
     def is_volumetric(self) -> bool:
         return self.dataset in ("synapse", "nifti", "demo")
+
+
+LOCK_FILE = ".lock"
+
+
+class RunFolderLock:
+    """An exclusive OS lock on RUN_DIR/.lock, held while a training runs in the folder.
+
+    ``fcntl.flock`` on POSIX (``msvcrt.locking`` on Windows): the operating system drops it when the process
+    ends, however it ends, so a SIGKILLed run never leaves its folder locked. The file itself stays (removing a
+    lock file while others may open it would let two runs hold two different files).
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.handle = None
+
+    def acquire(self) -> RunFolderLock:
+        handle = open(self.path, "a+")
+        try:
+            if os.name == "nt":
+                import msvcrt
+
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise ValueError(f"{self.path.parent}: another training is running in this run folder"
+                             + (f" (process {holder})" if holder else "")
+                             + "; wait for it to end, or choose another --run-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing the descriptor releases the lock
+            self.handle = None
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -110,7 +159,7 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a vmunet run folder (run.json missing)")
     try:
-        return RunInfo(**json.loads(path.read_text()))
+        return RunInfo(**json.loads(read_text(path)))
     except (json.JSONDecodeError, TypeError) as error:
         raise ValueError(f"{path}: unreadable run description ({error})") from None
 
@@ -123,7 +172,14 @@ def read_config_dict(run_dir: str | Path) -> dict:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a vmunet run folder (config.yaml missing)")
-    return yaml.safe_load(path.read_text())
+    return read_yaml(read_text(path), str(path))
+
+
+def run_folder_files(run_dir: str | Path) -> list[Path]:
+    """The files that make a run folder (never an output of predict or export)."""
+    run_dir = Path(run_dir)
+    return [run_dir / "config.yaml", run_dir / "run.json", run_dir / "history.csv",
+            *sorted(checkpoint_dir(run_dir).glob("*.pt"))]
 
 
 def resolve_checkpoint(run_dir: str | Path, checkpoint: str = "best") -> Path:

@@ -1,7 +1,10 @@
 """Files written whole or not at all: checkpoints, tables, label maps (PNG, NIfTI), arrays.
 
 Every writer goes through ``atomic_write_bytes`` (a temporary file in the same folder, fsync, rename), so a
-crash or a full disk never leaves a torn file where a finished one is expected.
+crash or a full disk never leaves a torn file where a finished one is expected; the file gets the permissions a
+plain ``open()`` would (0o666 less the umask), and a failed write names the destination and keeps its old file.
+Where a user names the output (``predict --out``, ``export --out``), ``check_output_folder`` /
+``check_output_file`` and ``refuse_overwriting`` run before any work: an output never replaces an input.
 """
 
 from __future__ import annotations
@@ -14,20 +17,104 @@ from pathlib import Path
 import numpy as np
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+class _RecordingHandle:
+    """A file handle that remembers the OSError of a failed write: torch.save reports it as a RuntimeError."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+
 def atomic_write_bytes(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename: a crash never leaves a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write through a temporary file in the same folder and rename: a crash never leaves a torn file.
+
+    A failure (a full disk, a read-only folder) raises one OSError naming ``path``, not the temporary file,
+    and says that the previous file, if any, is untouched.
+    """
+    path = Path(path)
+    existed = path.is_file()
+    tmp, recorder = None, None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            recorder = _RecordingHandle(handle)
+            write(recorder)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; a plain open() would not
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        cause = recorder.error if recorder is not None and recorder.error is not None else error
+        if isinstance(cause, OSError) or isinstance(error, RuntimeError) and "write" in str(error):
+            reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause).splitlines()[0]
+            kept = f"the previous {path.name} is kept" if existed else f"no {path.name} was written"
+            failure = OSError(f"{path}: cannot write ({reason}); {kept}")
+            failure.errno = getattr(cause, "errno", None)
+            raise failure from None
         raise
+
+
+def check_output_folder(folder: str | Path, flag: str = "--out") -> Path:
+    """Fail before any work if ``folder`` cannot hold outputs: an existing file, or not writable (a probe)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder}: {flag} must be a folder, and this is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise ValueError(f"{folder}: {flag} folder is not writable ({error.strerror or error})") from None
+    return folder
+
+
+def check_output_file(path: str | Path, flag: str = "--out") -> Path:
+    """Fail before any work if ``path`` cannot be written: a folder, or its folder not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: {flag} is a folder; give a file name, e.g. {path / 'model.onnx'}")
+    check_output_folder(path.parent, f"{flag} {path.name}:")
+    return path
+
+
+def _identity(path: Path):
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def refuse_overwriting(outputs, protected, flag: str = "--out") -> None:
+    """Raise before anything is written if an output resolves (symlinks, ``.``, ``..``, hard links) to a
+    protected file (an input, a checkpoint)."""
+    by_path = {Path(p).resolve(): Path(p) for p in protected}
+    by_inode = {_identity(p): p for p in by_path.values() if _identity(p) is not None}
+    for output in outputs:
+        output = Path(output)
+        source = by_path.get(output.resolve()) or by_inode.get(_identity(output) or object())
+        if source is not None:
+            raise ValueError(f"{output}: would overwrite the input {source}; choose a {flag} outside the "
+                             "input folders")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
