@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from vmunet.models import VMUNet
+from vmunet.models import VMUNet, VMUNetV2
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, run_folder_files
 from vmunet.runtime.writers import atomic_write_bytes, check_output_file, refuse_overwriting
 
@@ -51,10 +51,10 @@ def image_size_pair(image_size: int | Sequence[int] | None, info: RunInfo | None
 def prepare_model(model_or_run_dir: VMUNet | str | Path, checkpoint: str = "best",
                   allow_pickle: bool = False) -> tuple[VMUNet, RunInfo | None]:
     """A CPU eval-mode copy (the caller's model is left as it is) and the run description if there is one."""
-    if isinstance(model_or_run_dir, VMUNet):
+    if isinstance(model_or_run_dir, (VMUNet, VMUNetV2)):
         return copy.deepcopy(model_or_run_dir).cpu().eval(), None
     if isinstance(model_or_run_dir, torch.nn.Module):
-        raise ValueError(f"export needs a VMUNet or a run folder; got {type(model_or_run_dir).__name__}")
+        raise ValueError(f"export needs a VMUNet, a VMUNetV2 or a run folder; got {type(model_or_run_dir).__name__}")
     model, info, _ = load_model_from_run(model_or_run_dir, checkpoint=checkpoint, allow_pickle=allow_pickle)
     return model, info
 
