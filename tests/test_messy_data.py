@@ -227,7 +227,7 @@ def test_vmunet_checkpoint_as_pretrained_starts_from_its_weights(capsys, trained
     code, err, out = run_cli(capsys, "train", *TINY, "--epochs", 1, "--set", "lr=1e-12", "--set", "eta_min=0",
                              "--data", data, "--run-dir", tmp_path / "r", "--pretrained", best)
     assert code == 0, err
-    assert "a vmunet checkpoint, loaded by name" in out and "--resume" in out
+    assert "from a vmunet checkpoint, by name" in out and "--resume" in out
     start = load_checkpoint(best)["model"]
     after = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["model"]
     assert max(float((start[k].float() - after[k].float()).abs().max()) for k in start) < 1e-3

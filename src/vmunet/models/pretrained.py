@@ -36,7 +36,7 @@ class LoadReport:
     source: str = "VMamba"  # or a sentence saying it was a vmunet checkpoint
 
     def summary(self) -> str:
-        origin = "" if self.source == "VMamba" else f" ({self.source})"
+        origin = "" if self.source == "VMamba" else f" from {self.source}"
         return (f"pretrained weights{origin}: {len(self.loaded)} model tensors loaded, {len(self.missing)} kept at "
                 f"their initialisation, {len(self.skipped)} checkpoint tensors unused")
 
@@ -129,7 +129,7 @@ def load_pretrained_vmamba(model: nn.Module, checkpoint: str | os.PathLike | dic
             own[key].copy_(value)
     report = LoadReport(loaded=sorted(prefix + k for k in chosen), skipped=unused,
                         missing=sorted(prefix + k for k in own if k not in chosen),
-                        source="a vmunet checkpoint, loaded by name (to continue its own run instead: "
-                               "--resume in its run folder)" if trained else "VMamba")
+                        source="a vmunet checkpoint, by name; --resume in its run folder continues that run "
+                               "instead" if trained else "VMamba")
     logger.info(report.summary())
     return report

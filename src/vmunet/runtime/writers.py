@@ -83,7 +83,7 @@ def check_output_folder(folder: str | Path, flag: str = "--out") -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as error:
-        raise ValueError(f"{folder}: {flag} folder is not writable ({error.strerror or error})") from None
+        raise ValueError(f"{folder}: the {flag} folder is not writable ({error.strerror or error})") from None
     return folder
 
 
@@ -92,7 +92,10 @@ def check_output_file(path: str | Path, flag: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path}: {flag} is a folder; give a file name, e.g. {path / 'model.onnx'}")
-    check_output_folder(path.parent, f"{flag} {path.name}:")
+    blocker = next((folder for folder in path.parents if folder.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ValueError(f"{path}: cannot write the {flag} file: {blocker} is a file, not a folder")
+    check_output_folder(path.parent, f"{flag} file's")
     return path
 
 
