@@ -68,11 +68,15 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """(B, C, h, w) -> (B, C, *size): adaptive average pooling when larger, bilinear (align_corners=True) when
     smaller, as the official SDI. Height and width each go to their own target (the official code reads only the
     width, so it runs on square inputs only; on those the two agree)."""
-    size = tuple(size)
-    if tuple(x.shape[-2:]) == size:
+    size = (int(size[0]), int(size[1]))
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if (h, w) == size:
         return x
-    if x.shape[-1] > size[-1]:
-        return F.adaptive_avg_pool2d(x, size)
+    if w > size[1]:
+        if h % size[0] or w % size[1]:
+            return F.adaptive_avg_pool2d(x, size)
+        # The levels differ by powers of 2, so this is the same pooling with a fixed window (exportable to ONNX).
+        return F.avg_pool2d(x, kernel_size=(h // size[0], w // size[1]))
     return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
 
 
@@ -119,6 +123,9 @@ class VMUNetV2(SegmentationNet):
     Deep supervision with ``num_classes > 1`` (an extension; the official ``deconv6`` is ConvTranspose2d(1, 1, 3),
     one class only): ``deconv6`` upsamples each class map with its own 3x3 kernel (groups = num_classes, weight
     (K, 1, 3, 3), bias (K,)). For one class it is the official layer.
+
+    ``load_pretrained_vmamba(model, path)`` applies the official V2 rule: VMamba encoder keys by name into
+    ``vmunet.*``, nothing else (VM-UNet's copy of encoder stage i into decoder stage 3 - i finds no VSS decoder).
     """
 
     def __init__(self, num_classes: int = 1, input_channels: int = 3, mid_channel: int = 48,
