@@ -48,13 +48,18 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
         if kind == "images" and info.num_classes == 1:
             rows.append(metrics.binary_image_metrics(pred, case["label"], spacing=case.get("spacing"),
                                                      case_id=case["case_id"]))
+        elif kind == "images":  # multi-class 2D folders: per-class DSC, IoU, HD95 (pixels)
+            rows.append(metrics.multiclass_image_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
+                                                         case_id=case["case_id"]))
         else:
             rows.append(metrics.synapse_case_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
                                                      case_id=case["case_id"]))
     summary = metrics.summarize_cases(rows, names)
     summary["cases"] = len(rows)
     binary_images = kind == "images" and info.num_classes == 1
-    summary["empty_mask_policy"] = dict(metrics.IMAGE_POLICY if binary_images else metrics.VOLUME_POLICY)
+    policy = metrics.IMAGE_POLICY if binary_images else (
+        metrics.MULTICLASS_IMAGE_POLICY if kind == "images" else metrics.VOLUME_POLICY)
+    summary["empty_mask_policy"] = dict(policy)
     table = metrics.format_table(rows, names, per_case=kind == "volumes")
     if info.num_classes == 1:  # the ISIC protocol: pixels pooled over all images, and the per-image mean
         summary["pooled"] = metrics.pooled_binary_metrics(masks, truths)

@@ -303,6 +303,36 @@ def binary_image_metrics(pred, gt, spacing=None, case_id: str | None = None) -> 
     return row
 
 
+def multiclass_image_metrics(pred_labels, gt_labels, num_classes: int, spacing=None,
+                             case_id: str | None = None) -> dict:
+    """Per-class DSC, IoU and HD95 of one 2D image of class ids, classes 1..num_classes-1:
+    ``{"dice": [...], "iou": [...], "hd95": [...]}``.
+
+    Empty masks per class: absent from both truth and prediction -> NaN for all three (the class is not in
+    this image; left out of every mean, as nnU-Net does); absent from exactly one -> DSC 0, IoU 0, HD95 NaN.
+    """
+    pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
+    _check_shapes(pred_labels, gt_labels)
+    dices, ious, hds = [], [], []
+    for k in range(1, num_classes):
+        pred, gt = pred_labels == k, gt_labels == k
+        has_pred, has_gt = bool(pred.any()), bool(gt.any())
+        if has_pred and has_gt:
+            tp, fp, fn, _ = confusion_counts(pred, gt)
+            d, i, h = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn), hd95(pred, gt, spacing)
+        elif has_pred or has_gt:
+            d, i, h = 0.0, 0.0, math.nan
+        else:
+            d, i, h = math.nan, math.nan, math.nan
+        dices.append(float(d))
+        ious.append(float(i))
+        hds.append(float(h))
+    row = {"dice": dices, "iou": ious, "hd95": hds}
+    if case_id is not None:
+        row["case_id"] = case_id
+    return row
+
+
 # What each field of an evaluation summary does with empty masks (written into eval/summary.json).
 IMAGE_POLICY = {
     "per_case, per_class, mean_dice, mean_hd95": "per image (binary_image_metrics): truth and prediction both "
@@ -310,6 +340,11 @@ IMAGE_POLICY = {
     "per_image_mean": "per image, then the mean: a ratio with a zero denominator is 1 (DSC and mIoU of "
     "empty/empty, sensitivity of an empty truth, specificity of an all-foreground truth)",
     "pooled": "pixels counted over all images, then the ratios (the paper's numbers); a zero denominator is 0",
+}
+MULTICLASS_IMAGE_POLICY = {
+    "per_case, per_class, mean_dice, mean_iou, mean_hd95": "per image and class (multiclass_image_metrics): a "
+    "class absent from both truth and prediction -> NaN (left out of every mean); absent from exactly one -> "
+    "DSC 0, IoU 0, HD95 NaN (left out of the HD95 means)",
 }
 VOLUME_POLICY = {
     "per_case, per_class, mean_dice, mean_hd95": "the Synapse protocol per organ (synapse_case_metrics): both "
@@ -342,34 +377,36 @@ def summarize_cases(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
     if not rows:
         raise ValueError("no cases to summarize")
     names = _class_names(rows, class_names)
-    dice_table = np.array([r["dice"] for r in rows], dtype=np.float64)  # (cases, organs)
-    hd_table = np.array([r["hd95"] for r in rows], dtype=np.float64)
-    per_class = {name: {"dice": _nanmean(dice_table[:, j]), "hd95": _nanmean(hd_table[:, j])}
-                 for j, name in enumerate(names)}
-    per_case = [{"case_id": r.get("case_id", str(i)), "dice": _nanmean(dice_table[i]), "hd95": _nanmean(hd_table[i])}
+    keys = _metric_keys(rows)
+    tables = {key: np.array([r[key] for r in rows], dtype=np.float64) for key in keys}  # (cases, organs)
+    per_class = {name: {key: _nanmean(tables[key][:, j]) for key in keys} for j, name in enumerate(names)}
+    per_case = [{"case_id": r.get("case_id", str(i)), **{key: _nanmean(tables[key][i]) for key in keys}}
                 for i, r in enumerate(rows)]
     return {
         "class_names": names,
         "per_case": per_case,
         "per_class": per_class,
-        "mean_dice": _nanmean([v["dice"] for v in per_class.values()]),
-        "mean_hd95": _nanmean([v["hd95"] for v in per_class.values()]),
+        **{f"mean_{key}": _nanmean([v[key] for v in per_class.values()]) for key in keys},
     }
+
+
+def _metric_keys(rows: Sequence[dict]) -> list[str]:
+    """"dice", then "iou" when the rows have it (multi-class images), then "hd95"."""
+    return ["dice", "iou", "hd95"] if "iou" in rows[0] else ["dice", "hd95"]
 
 
 def write_per_case_csv(path: str | Path, rows: Sequence[dict], class_names: Sequence[str]) -> None:
     """One line per case (DSC and HD95 per organ, then the case means) and a final line of means."""
     summary = summarize_cases(rows, class_names)
-    names = summary["class_names"]
-    header = ["case_id"] + [f"dice_{n}" for n in names] + [f"hd95_{n}" for n in names] + ["mean_dice", "mean_hd95"]
+    names, keys = summary["class_names"], _metric_keys(rows)
+    header = ["case_id"] + [f"{k}_{n}" for k in keys for n in names] + [f"mean_{k}" for k in keys]
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for row, case in zip(rows, summary["per_case"]):
-            writer.writerow([case["case_id"], *row["dice"], *row["hd95"], case["dice"], case["hd95"]])
-        writer.writerow(["mean", *(summary["per_class"][n]["dice"] for n in names),
-                         *(summary["per_class"][n]["hd95"] for n in names), summary["mean_dice"],
-                         summary["mean_hd95"]])
+            writer.writerow([case["case_id"], *(v for k in keys for v in row[k]), *(case[k] for k in keys)])
+        writer.writerow(["mean", *(summary["per_class"][n][k] for k in keys for n in names),
+                         *(summary[f"mean_{k}"] for k in keys)])
 
 
 def format_table(rows: Sequence[dict], class_names: Sequence[str], per_case: bool = False) -> str:
@@ -377,10 +414,12 @@ def format_table(rows: Sequence[dict], class_names: Sequence[str], per_case: boo
     summary = summarize_cases(rows, class_names)
     width = max(len("mean"), *(len(n) for n in summary["class_names"]),
                 *(len(c["case_id"]) for c in summary["per_case"])) + 2
-    lines = [f"{'organ':<{width}}{'DSC (%)':>9}{'HD95':>9}"]
-    for name, v in summary["per_class"].items():
-        lines.append(f"{name:<{width}}{100 * v['dice']:>9.2f}{v['hd95']:>9.2f}")
-    lines.append(f"{'mean':<{width}}{100 * summary['mean_dice']:>9.2f}{summary['mean_hd95']:>9.2f}")
+    iou = "iou" in rows[0]
+    lines = [f"{'organ':<{width}}{'DSC (%)':>9}" + (f"{'IoU (%)':>9}" if iou else "") + f"{'HD95':>9}"]
+    for name, v in [*summary["per_class"].items(), ("mean", {k[5:]: v for k, v in summary.items()
+                                                             if k.startswith("mean_")})]:
+        lines.append(f"{name:<{width}}{100 * v['dice']:>9.2f}" + (f"{100 * v['iou']:>9.2f}" if iou else "")
+                     + f"{v['hd95']:>9.2f}")
     if per_case:
         lines += ["", f"{'case':<{width}}{'DSC (%)':>9}{'HD95':>9}"]
         lines += [f"{c['case_id']:<{width}}{100 * c['dice']:>9.2f}{c['hd95']:>9.2f}" for c in summary["per_case"]]

@@ -1,6 +1,8 @@
 """Pictures for humans, one fixed colour per class (numpy and PIL only).
 
 - ``contour_overlay``: the image with the contour of each predicted class (``vmunet predict --overlay``);
+- ``legend_overlay``: the image tinted by class, contours drawn, and a legend of the class names (multi-class
+  2D folders);
 - ``triptych`` / ``write_triptychs``: image | truth | prediction side by side (the demo).
 """
 
@@ -105,6 +107,43 @@ def contour_overlay(image: np.ndarray, labels: np.ndarray, thickness: int | None
             edge = _dilate(edge)
         rgb[edge] = PALETTE[int(class_id) % len(PALETTE)]
     return rgb
+
+
+def class_colours(num_classes: int, colours=None) -> np.ndarray:
+    """(K, 3) uint8: the dataset's own colour map when it has one, else ``PALETTE`` cycled (class 0 black)."""
+    if colours is not None:
+        return np.asarray(colours, np.uint8).reshape(-1, 3)
+    return PALETTE[np.arange(num_classes) % len(PALETTE)]
+
+
+def legend_overlay(image: np.ndarray, labels: np.ndarray, names, colours=None, alpha: float = 0.4) -> np.ndarray:
+    """(H, W[, C]) image and (H, W) class ids -> (H + legend, max(W, legend width), 3) uint8: the image with each
+    class > 0 tinted and outlined in its colour, and below it one swatch and name per class (background left out)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    labels = np.asarray(labels)
+    table = class_colours(len(names), colours)
+    rgb = display_rgb(image).astype(np.float32)
+    tinted = labels > 0
+    rgb[tinted] = (1 - alpha) * rgb[tinted] + alpha * table[labels[tinted]].astype(np.float32)
+    rgb = rgb.astype(np.uint8)
+    for class_id in np.unique(labels[tinted]):
+        mask = labels == class_id
+        rgb[mask & ~_shift_and(mask)] = table[int(class_id)]
+    font = ImageFont.load_default()
+    row, swatch = 14, 10
+    entries = list(enumerate(names))[1:]
+    text_width = max((int(font.getlength(str(n))) for _, n in entries), default=0)
+    width = max(rgb.shape[1], swatch + 8 + text_width + 4)
+    canvas = Image.new("RGB", (width, rgb.shape[0] + row * len(entries) + 4), (255, 255, 255))
+    canvas.paste(Image.fromarray(rgb), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for line, (class_id, name) in enumerate(entries):
+        top = rgb.shape[0] + 2 + line * row
+        draw.rectangle([2, top + 2, 2 + swatch, top + 2 + swatch], fill=tuple(int(c) for c in table[class_id]),
+                       outline=(0, 0, 0))
+        draw.text((swatch + 8, top), str(name), fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
 
 
 def representative_slices(labels: np.ndarray, count: int = 3) -> list[int]:

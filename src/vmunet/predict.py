@@ -24,8 +24,8 @@ from vmunet.data.readers import (input_kind, list_folder, output_stem, read_h5_v
 from vmunet.inference import Prediction, Predictor
 from vmunet.ops.workspace import scan_workspace
 from vmunet.runtime.run_folder import run_folder_files
-from vmunet.runtime.writers import (check_output_folder, mask_png, refuse_overwriting, write_nifti, write_npy,
-                                   write_png)
+from vmunet.runtime.writers import (check_output_folder, index_png, mask_png, refuse_overwriting, write_nifti,
+                                   write_npy, write_png)
 
 __all__ = ["PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files", "plan_outputs",
            "predict_paths"]
@@ -243,7 +243,8 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
         predictions = predictor.predict_inputs([x for _, _, x in pending], [im.shape[:2] for _, im, _ in pending])
         for (job, image, _), prediction in zip(pending, predictions):
             try:
-                _write_image_outputs(job, image, prediction, predictor.num_classes, out_dir, **options)
+                _write_image_outputs(job, image, prediction, predictor.num_classes, out_dir, **options,
+                                     info=predictor.info)
             except OSError as error:
                 fail(job, error)
             else:
@@ -282,18 +283,26 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
 
 
 def _write_image_outputs(job: _Job, image: np.ndarray, prediction: Prediction, num_classes: int, out_dir: Path,
-                         overlay: bool, save_probabilities: bool) -> None:
+                         overlay: bool, save_probabilities: bool, info=None) -> None:
+    """A multi-class 2D-folder run (``info.dataset == "folders"``) writes palette PNGs of class ids (the
+    dataset's colours) and overlays with a legend; other runs 0/255 or grey class-id PNGs and contours."""
     from PIL import Image
 
-    from vmunet.overlay import contour_overlay
+    from vmunet.overlay import class_colours, contour_overlay, legend_overlay
+
+    folders = info is not None and info.dataset == "folders" and num_classes <= 256
+    colours = class_colours(num_classes, info.label_colours) if folders else None
 
     # Extras first, the label map last: an existing label map means this input is complete (skip_existing).
     stem = job.stem
     if save_probabilities:
         write_npy(out_dir / "probabilities" / f"{stem}.npy", prediction.probabilities.astype(np.float32))
     if overlay:
-        write_png(out_dir / "overlays" / f"{stem}.png", Image.fromarray(contour_overlay(image, prediction.labels)))
-    write_png(job.output, mask_png(prediction.labels, num_classes))
+        picture = legend_overlay(image, prediction.labels, info.label_names, colours) if folders else \
+            contour_overlay(image, prediction.labels)
+        write_png(out_dir / "overlays" / f"{stem}.png", Image.fromarray(picture))
+    labels = prediction.labels
+    write_png(job.output, index_png(labels, colours) if folders else mask_png(labels, num_classes))
 
 
 def _write_volume_outputs(job: _Job, volume: np.ndarray, reference, prediction: Prediction, out_dir: Path,

@@ -353,7 +353,8 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
                                         label_names=data.label_names, normalization=config.normalization,
                                         image_size=config.image_size, dataset=config.dataset,
                                         version=vmunet.__version__,
-                                        interpolation=recipe_interpolation(config.augmentation)))
+                                        interpolation=recipe_interpolation(config.augmentation),
+                                        label_colours=data.label_colours))
     train_set, val_set = build_datasets(config, data)
     sampler = EpochSampler(len(train_set), config.seed, dist_info.rank, dist_info.world_size)
     network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \

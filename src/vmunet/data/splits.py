@@ -70,6 +70,7 @@ class TrainingData:
     # Optional (image, rng) -> image applied to every training sample before the augmentation recipe
     # (the demo's scanner corruption, drawn afresh per sample).
     corrupt: Callable | None = None
+    label_colours: list[list[int]] | None = None  # (K, 3) RGB of a colour-mask dataset (folders + labels.json)
 
 
 def require_data_dir(config: TrainConfig) -> Path:
@@ -95,6 +96,7 @@ def prepare_training_data(config: TrainConfig) -> TrainingData:
     from vmunet import data as readers
 
     root = require_data_dir(config)
+    colours = None
     if config.dataset == "isic":
         train = readers.IsicFolder(root, "train")
         if isic_has_test(root) or config.paper_selection:
@@ -122,11 +124,23 @@ def prepare_training_data(config: TrainConfig) -> TrainingData:
         names = config.label_names or readers.read_label_names(root)
         num_classes = config.num_classes or len(names)
         channels = config.input_channels or nifti_channel_count(root)
+    elif config.dataset == "folders":
+        from vmunet.data.folders import ClassFolder
+
+        train = ClassFolder(root, "train", config.num_classes)
+        num_classes, colours = train.num_classes, train.colours
+        names = config.label_names or train.label_names
+        if isic_has_test(root) or config.paper_selection:
+            val, source = ClassFolder(root, "val", num_classes), "the val/ folder"
+        else:
+            train, val = hold_out(train, config.val_fraction, config.seed)
+            source = f"{len(val)} images held out of train/ (seed {config.seed}); val/ is the evaluation split"
+        channels = config.input_channels or 3
     else:
         raise ValueError(f"dataset {config.dataset!r} has no folder reader; the demo builds its data in memory")
     if len(train) == 0:
         raise ValueError(f"{root}: the training split is empty")
-    return TrainingData(train, val, num_classes, channels, list(names), source)
+    return TrainingData(train, val, num_classes, channels, list(names), source, label_colours=colours)
 
 
 def nifti_channel_count(root: Path) -> int:
@@ -177,6 +191,15 @@ def evaluation_cases(config: TrainConfig, data_dir: str | Path | None, split: st
         if isic_has_test(root) or config.paper_selection:
             return "images", readers.IsicFolder(root, "val")
         return "images", hold_out(readers.IsicFolder(root, "train"), config.val_fraction, config.seed)[1]
+    if config.dataset == "folders":
+        from vmunet.data.folders import ClassFolder
+
+        classes = config.num_classes
+        if split == "test":
+            return "images", ClassFolder(root, "test" if isic_has_test(root) else "val", classes)
+        if isic_has_test(root) or config.paper_selection:
+            return "images", ClassFolder(root, "val", classes)
+        return "images", hold_out(ClassFolder(root, "train", classes), config.val_fraction, config.seed)[1]
     if config.dataset == "synapse":
         if split == "test":
             return "volumes", readers.SynapseVolumes(root, "test_vol")

@@ -38,6 +38,7 @@ class RunInfo:
     dataset: str  # isic | synapse | nifti | demo: 2D images or volumes
     version: str
     interpolation: str = "bilinear"  # how training resized images; evaluate and predict resize the same way
+    label_colours: list[list[int]] | None = None  # RGB per class of a colour-mask dataset (predict's PNGs, overlays)
 
     @property
     def num_classes(self) -> int:

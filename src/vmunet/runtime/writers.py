@@ -136,6 +136,16 @@ def mask_png(labels: np.ndarray, num_classes: int):
     return Image.fromarray(labels.astype(np.uint16))
 
 
+def index_png(labels: np.ndarray, colours: np.ndarray):
+    """(H, W) class ids (K <= 256) -> a palette PNG image: the pixels are the class ids (what a reader of index
+    masks gets back), the palette gives each class its (K, 3) colour for viewers."""
+    from PIL import Image
+
+    picture = Image.fromarray(np.asarray(labels).astype(np.uint8), mode="P")
+    picture.putpalette(np.asarray(colours, np.uint8).reshape(-1).tolist())
+    return picture
+
+
 def write_png(path: Path, picture) -> None:
     atomic_write_bytes(path, lambda handle: picture.save(handle, format="PNG"))
 

@@ -1,0 +1,186 @@
+"""Multi-class 2D folders: ``DATA/{train,val[,test]}/{images,masks}/`` and an optional ``DATA/labels.json``.
+
+Images are PNG/JPG/BMP/TIFF (RGB or grey, 8 or 16 bit), masks lossless images paired by stem (as in ``isic``):
+
+- index masks: mode L, I, I;16 or P (the palette's *indices* are the classes), values 0..K-1;
+- colour masks: RGB(A) (or P, L read as colours) with a colour map in ``labels.json``.
+
+``labels.json`` names the classes (``{"background": 0, "tumour": 1}``, ids 0..K-1) or maps colours
+(``{"background": [0, 0, 0], "tumour": [255, 0, 0]}``, class ids in the order given). Without it K = 1 + the
+largest index in the training masks, and the classes are named ``background, class_1, ..``. A value outside
+0..K-1, or a colour not in the map, is an error naming the mask and the values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from vmunet.data.checks import check_same_shape
+from vmunet.data.isic import available_splits, pair_by_stem
+from vmunet.data.readers import read_rgb_image
+
+INDEX_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "P", "1")
+
+
+@dataclass
+class ClassMap:
+    """Class names by id, and their (K, 3) uint8 colours when the masks are colour masks (else None)."""
+
+    names: list[str]
+    colours: np.ndarray | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+
+def read_class_map(root: str | Path) -> ClassMap | None:
+    """``DATA/labels.json`` as a ClassMap; None when the file is absent."""
+    path = Path(root) / "labels.json"
+    if not path.is_file():
+        return None
+    try:
+        labels = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(labels, dict) or not labels:
+        raise ValueError(f"{path}: expected a mapping of class names to ids or colours, e.g. "
+                         '{"background": 0, "tumour": 1} or {"background": [0, 0, 0], "tumour": [255, 0, 0]}')
+    if len(labels) < 2:
+        raise ValueError(f"{path}: names {len(labels)} class; give at least 2 (the background and a class)")
+    values = list(labels.values())
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        by_id = {v: k for k, v in labels.items()}
+        if len(by_id) != len(labels):
+            raise ValueError(f"{path}: two classes share an id")
+        if sorted(by_id) != list(range(len(by_id))):
+            raise ValueError(f"{path}: class ids {sorted(by_id)} are not 0..{len(by_id) - 1}")
+        return ClassMap([by_id[i] for i in range(len(by_id))])
+    if all(isinstance(v, list) and len(v) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in v)
+           for v in values):
+        colours = np.array(values, dtype=np.uint8)
+        if len({tuple(c) for c in colours.tolist()}) != len(colours):
+            raise ValueError(f"{path}: two classes share a colour")
+        return ClassMap(list(labels), colours)
+    raise ValueError(f"{path}: values must be all class ids (0..K-1) or all [R, G, B] colours (0..255)")
+
+
+def _codes(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def _show_colours(codes: np.ndarray, limit: int = 5) -> str:
+    shown = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in codes[:limit].tolist())
+    return f"[{shown}" + (f", ... ({len(codes)} in all)]" if len(codes) > limit else "]")
+
+
+def read_class_mask(path: Path, class_map: ClassMap | None, num_classes: int | None) -> np.ndarray:
+    """(H, W) int64 class ids of one mask; values are checked against ``num_classes`` when given."""
+    from vmunet.data.readers import read_image
+
+    if class_map is not None and class_map.colours is not None:
+        rgb = read_image(path, "RGB")  # P, L, RGBA all read as colours
+        codes = _codes(rgb)
+        table = _codes(class_map.colours)
+        order = np.argsort(table)
+        position = np.clip(np.searchsorted(table[order], codes), 0, len(table) - 1)
+        known = table[order][position] == codes
+        if not known.all():
+            unknown = np.unique(codes[~known])
+            raise ValueError(f"{path}: colours {_show_colours(unknown)} are not in labels.json's colour map "
+                             f"({_show_colours(table)})")
+        return order[position].astype(np.int64)
+    with Image.open(path) as img:
+        mode = img.mode
+    if mode in INDEX_MODES:
+        mask = read_image(path)  # P: palette indices, not colours
+    else:  # RGB(A) without a colour map: fine when it is grey stored as RGB
+        rgb = read_image(path, "RGB")
+        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+            raise ValueError(f"{path}: colour mask ({mode}) but DATA/labels.json maps no colours; add "
+                             '{"background": [0, 0, 0], "class": [R, G, B], ...} or save index masks (values 0..K-1)')
+        mask = rgb[..., 0]
+    mask = np.asarray(mask).astype(np.int64)
+    if num_classes is not None and mask.size and (mask.min() < 0 or mask.max() >= num_classes):
+        values = np.unique(mask)
+        bad = values[(values < 0) | (values >= num_classes)]
+        raise ValueError(f"{path}: mask values {bad[:10].tolist()} are outside the {num_classes} classes 0.."
+                         f"{num_classes - 1} (values found: {values[:10].tolist()})")
+    return mask
+
+
+def count_classes(items: list[tuple[str, Path, Path]]) -> int:
+    """K = 1 + the largest index of the training masks (no labels.json); a 0/255 mask is refused."""
+    largest, values = 0, set()
+    for _, _, mask_path in items:
+        mask = read_class_mask(mask_path, None, None)
+        found = np.flatnonzero(np.bincount(mask.ravel())) if mask.min(initial=0) >= 0 else np.unique(mask)
+        values.update(found.tolist())
+        largest = max(largest, int(found.max(initial=0)))
+    if values == {0, 255}:
+        raise ValueError(f"{items[0][2].parent}: masks are 0/255 (binary): use --preset isic18, or map the colours "
+                         'in DATA/labels.json ({"background": [0, 0, 0], "lesion": [255, 255, 255]})')
+    if largest == 0:
+        raise ValueError(f"{items[0][2].parent}: every training mask is all background (0); nothing to learn")
+    return largest + 1
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    return ["background"] + [f"class_{i}" for i in range(1, num_classes)]
+
+
+class ClassFolder:
+    """One split of a multi-class 2D folder: ``sample["image"]`` float32 (H, W, 3), ``sample["label"]`` int64
+    (H, W) in 0..K-1. ``num_classes`` None counts the classes from this split's masks (the training split)."""
+
+    def __init__(self, root: str | Path, split: str = "train", num_classes: int | None = None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: data folder not found")
+        image_dir, mask_dir = self.root / split / "images", self.root / split / "masks"
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                found = available_splits(self.root)
+                raise FileNotFoundError(f"{folder}: folder not found (splits found in {self.root}: "
+                                        f"{', '.join(found) if found else 'none'})")
+        self.split = split
+        self.items = pair_by_stem(image_dir, mask_dir)
+        if not self.items:
+            raise ValueError(f"{image_dir}: split {split!r} has no images")
+        self.class_map = read_class_map(self.root)
+        if self.class_map is not None:
+            if num_classes is not None and num_classes != self.class_map.num_classes:
+                raise ValueError(f"{self.root / 'labels.json'}: names {self.class_map.num_classes} classes, the "
+                                 f"config says num_classes {num_classes}")
+            self.num_classes = self.class_map.num_classes
+            self.label_names = list(self.class_map.names)
+        else:
+            self.num_classes = num_classes or count_classes(self.items)
+            self.label_names = default_class_names(self.num_classes)
+
+    @property
+    def colours(self) -> list[list[int]] | None:
+        return None if self.class_map is None or self.class_map.colours is None else self.class_map.colours.tolist()
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [case_id for case_id, _, _ in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        case_id, image_path, mask_path = self.items[index]
+        image = read_rgb_image(image_path)  # (H, W, 3)
+        label = read_class_mask(mask_path, self.class_map, self.num_classes)  # (H, W)
+        check_same_shape(image.shape[:2], label.shape, f"{image_path} and {mask_path}")
+        return {"image": image, "label": label, "case_id": case_id}
+
+    def __repr__(self) -> str:
+        return f"ClassFolder({str(self.root)!r}, {self.split!r}: {len(self)} images, {self.num_classes} classes)"
