@@ -4,7 +4,7 @@ One task per (batch element, channel) in the forward, one per (batch element, gr
 backward, spread over threads by ``prange``; inside a task the loop over time is sequential and the loop over the
 N states of a channel is the vectorised inner loop (N = 16 is one AVX-512 register). Layouts, float32 throughout:
 
-    u, delta, y, gy: (b, D, L)    A2 = A * log2(e): (D, N)    Bt, Ct: (b, G, L, N), the states contiguous
+    u, delta, y, gy: (b, D, L)    A2 = A * log2(e): (D, N)    BC: (b, G, L, 2, N), B and C of a step side by side
     bias, skip: (D,)              starts: (b, D, nc, N), the state entering every CHUNK-step chunk
 
 Recurrence per channel d (group g) and state n, with dt = softplus(delta + bias):
@@ -102,10 +102,10 @@ def _steps(delta, bias, softplus, need_slope, t0, t1, dt_out, sig_out):
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _forward_channel(i, d, N, u, delta, bias, A2, Bt, Ct, skip, softplus, y, last, starts):
+def _forward_channel(i, d, N, u, delta, bias, A2, BC, skip, softplus, y, last, starts):
     """One channel's recurrence over the whole sequence (N is a literal in the specialised kernel)."""
     L = u.shape[2]
-    g = d // (u.shape[1] // Bt.shape[1])
+    g = d // (u.shape[1] // BC.shape[1])
     keep = starts.shape[0] > 0
     h = np.zeros(N, F32)
     dt_buf = np.empty(CHUNK, F32)
@@ -121,35 +121,35 @@ def _forward_channel(i, d, N, u, delta, bias, A2, Bt, Ct, skip, softplus, y, las
             du = dt * u[i, d, t]
             acc = F32(0.0)
             for n in range(N):  # indices, not per-step views: a view costs two reference-count calls
-                state = _exp2(dt * A2[d, n]) * h[n] + du * Bt[i, g, t, n]
+                state = _exp2(dt * A2[d, n]) * h[n] + du * BC[i, g, t, 0, n]
                 h[n] = state
-                acc += state * Ct[i, g, t, n]
+                acc += state * BC[i, g, t, 1, n]
             y[i, d, t] = acc + skip[d] * u[i, d, t]
     for n in range(N):
         last[i, d, n] = h[n]
 
 
 @_compiled
-def scan_forward(u, delta, bias, A2, Bt, Ct, skip, softplus, y, last, starts):
+def scan_forward(u, delta, bias, A2, BC, skip, softplus, y, last, starts):
     """Writes y (b, D, L) and the last states (b, D, N); the chunk start states too when starts has b rows
-    (pass an empty (0, 0, 0, 0) array for inference)."""
+    (pass an empty (0, 0, 0, 0) array for inference). BC: (b, G, L, 2, N), B then C at every step."""
     b, D = u.shape[0], u.shape[1]
     N = A2.shape[1]
-    if N == 16:  # the models' d_state: a constant trip count lets LLVM drop the remainder and alias checks
+    if N == 16:  # the models' d_state: a constant trip count lets LLVM drop the remainder loop
         for task in prange(b * D):
-            _forward_channel(task // D, task % D, 16, u, delta, bias, A2, Bt, Ct, skip, softplus, y, last, starts)
+            _forward_channel(task // D, task % D, 16, u, delta, bias, A2, BC, skip, softplus, y, last, starts)
     else:
         for task in prange(b * D):
-            _forward_channel(task // D, task % D, N, u, delta, bias, A2, Bt, Ct, skip, softplus, y, last, starts)
+            _forward_channel(task // D, task % D, N, u, delta, bias, A2, BC, skip, softplus, y, last, starts)
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _backward_block(p, i, g, N, u, delta, bias, A, Bt, Ct, skip, softplus, starts, gy, g_last,
-                    g_u, g_delta, g_A, g_skip, g_bias, g_B, g_C):
+def _backward_block(p, i, g, N, u, delta, bias, A, BC, skip, softplus, starts, gy, g_last,
+                    g_u, g_delta, g_A, g_skip, g_bias, g_BC):
     """The gradients of block p of group g's channels, batch element i."""
     L = u.shape[2]
-    H = u.shape[1] // Bt.shape[1]
-    P = g_B.shape[0]
+    H = u.shape[1] // BC.shape[1]
+    P = g_BC.shape[0]
     per_block = (H + P - 1) // P
     lam = np.empty(N, F32)
     h = np.empty(N, F32)
@@ -180,7 +180,7 @@ def _backward_block(p, i, g, N, u, delta, bias, A, Bt, Ct, skip, softplus, start
                     a = _exp2(dt * A2[n])
                     states[t - t0, n] = h[n]
                     decays[t - t0, n] = a
-                    h[n] = a * h[n] + du * Bt[i, g, t, n]
+                    h[n] = a * h[n] + du * BC[i, g, t, 0, n]
             # reverse sweep: lam = dL/dh_t, then carried to step t - 1 as a_t lam
             for t in range(t1 - 1, t0 - 1, -1):
                 dt = dt_buf[t - t0]
@@ -190,10 +190,11 @@ def _backward_block(p, i, g, N, u, delta, bias, A, Bt, Ct, skip, softplus, start
                 sum_du = F32(0.0)  # dL/d(du_t)
                 sum_dt = F32(0.0)  # dL/d(dt_t) through the decays
                 for n in range(N):
-                    a, h_prev, B_n, C_n = decays[t - t0, n], states[t - t0, n], Bt[i, g, t, n], Ct[i, g, t, n]
-                    g_C[p, i, g, t, n] += gy_t * (a * h_prev + du * B_n)
+                    a, h_prev = decays[t - t0, n], states[t - t0, n]
+                    B_n, C_n = BC[i, g, t, 0, n], BC[i, g, t, 1, n]
+                    g_BC[p, i, g, t, 1, n] += gy_t * (a * h_prev + du * B_n)
                     lam_n = lam[n] + gy_t * C_n
-                    g_B[p, i, g, t, n] += lam_n * du
+                    g_BC[p, i, g, t, 0, n] += lam_n * du
                     sum_du += lam_n * B_n
                     q = lam_n * a * h_prev  # dL/d(dt_t A)
                     acc_A[n] += q * dt
@@ -211,22 +212,21 @@ def _backward_block(p, i, g, N, u, delta, bias, A, Bt, Ct, skip, softplus, start
 
 
 @_compiled
-def scan_backward(u, delta, bias, A, Bt, Ct, skip, softplus, starts, gy, g_last,
-                  g_u, g_delta, g_A, g_skip, g_bias, g_B, g_C):
+def scan_backward(u, delta, bias, A, BC, skip, softplus, starts, gy, g_last, g_u, g_delta, g_A, g_skip, g_bias, g_BC):
     """Gradients of scan_forward, from its inputs and chunk start states; A is the natural-log A (D, N).
 
     gy: (b, D, L); g_last: (b, D, N). Written: g_u, g_delta (b, D, L); per batch element, summed over it by the
     caller: g_A (b, D, N), g_skip and g_bias (b, D); per block of channels, summed over blocks by the caller:
-    g_B, g_C (P, b, G, L, N), zero on entry. P blocks of channels per group, so P * b * G tasks run in parallel
+    g_BC (P, b, G, L, 2, N), zero on entry. P blocks of channels per group, so P * b * G tasks run in parallel
     and no two write the same element.
     """
-    b, G, N = u.shape[0], Bt.shape[1], A.shape[1]
-    tasks = g_B.shape[0] * b * G
+    b, G, N = u.shape[0], BC.shape[1], A.shape[1]
+    tasks = g_BC.shape[0] * b * G
     if N == 16:
         for task in prange(tasks):
-            _backward_block(task // (b * G), task % (b * G) // G, task % G, 16, u, delta, bias, A, Bt, Ct, skip,
-                            softplus, starts, gy, g_last, g_u, g_delta, g_A, g_skip, g_bias, g_B, g_C)
+            _backward_block(task // (b * G), task % (b * G) // G, task % G, 16, u, delta, bias, A, BC, skip,
+                            softplus, starts, gy, g_last, g_u, g_delta, g_A, g_skip, g_bias, g_BC)
     else:
         for task in prange(tasks):
-            _backward_block(task // (b * G), task % (b * G) // G, task % G, N, u, delta, bias, A, Bt, Ct, skip,
-                            softplus, starts, gy, g_last, g_u, g_delta, g_A, g_skip, g_bias, g_B, g_C)
+            _backward_block(task // (b * G), task % (b * G) // G, task % G, N, u, delta, bias, A, BC, skip,
+                            softplus, starts, gy, g_last, g_u, g_delta, g_A, g_skip, g_bias, g_BC)

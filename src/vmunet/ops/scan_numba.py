@@ -78,9 +78,9 @@ def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to(torch.float32).contiguous()
 
 
-def _states_last(t: torch.Tensor) -> torch.Tensor:
-    """B or C: (b, G, N, L) -> (b, G, L, N) contiguous float32, the states of a step side by side."""
-    return t.detach().to(torch.float32).transpose(2, 3).contiguous()
+def _steps_major(B: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+    """B, C: (b, G, N, L) -> BC (b, G, L, 2, N) contiguous float32: at every step B's states, then C's."""
+    return torch.stack([B.detach(), C.detach()], dim=2).to(torch.float32).permute(0, 1, 4, 2, 3).contiguous()
 
 
 class NumbaScan(torch.autograd.Function):
@@ -100,10 +100,10 @@ class NumbaScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, g_last):
-        u, delta, A, Bt, Ct, skip, bias, starts = ctx.saved_tensors
+        u, delta, A, BC, skip, bias, starts = ctx.saved_tensors
         kernels = _kernels()
         b, D, L = u.shape
-        G, N = Bt.shape[1], A.shape[1]
+        G, N = BC.shape[1], A.shape[1]
         gy = torch.zeros_like(u) if gy is None else _f32(gy)
         g_last = torch.zeros(b, D, N) if g_last is None else _f32(g_last)
         # P blocks of channels per group: enough tasks for every thread; B's and C's gradients get one partial
@@ -111,31 +111,31 @@ class NumbaScan(torch.autograd.Function):
         P = max(1, min(D // G, -(-torch.get_num_threads() // (b * G))))
         g_u, g_delta = torch.empty_like(u), torch.empty_like(u)
         g_A, g_skip, g_bias = torch.empty(b, D, N), torch.empty(b, D), torch.empty(b, D)
-        g_B, g_C = torch.zeros(P, b, G, L, N), torch.zeros(P, b, G, L, N)
-        _run(kernels.scan_backward, u, delta, bias, A, Bt, Ct, skip, ctx.softplus, starts, gy, g_last,
-             g_u, g_delta, g_A, g_skip, g_bias, g_B, g_C)
-        g_B, g_C = (g.sum(0) if P > 1 else g[0] for g in (g_B, g_C))  # (b, G, L, N)
+        g_BC = torch.zeros(P, b, G, L, 2, N)
+        _run(kernels.scan_backward, u, delta, bias, A, BC, skip, ctx.softplus, starts, gy, g_last,
+             g_u, g_delta, g_A, g_skip, g_bias, g_BC)
+        g_BC = g_BC.sum(0) if P > 1 else g_BC[0]  # (b, G, L, 2, N)
+        g_B, g_C = g_BC.permute(0, 1, 3, 4, 2).unbind(2)  # (b, G, N, L) views
         has_skip, has_bias = ctx.has
-        return (g_u, g_delta, g_A.sum(0), g_B.transpose(2, 3), g_C.transpose(2, 3),
+        return (g_u, g_delta, g_A.sum(0), g_B, g_C,
                 g_skip.sum(0) if has_skip else None, g_bias.sum(0) if has_bias else None, None)
 
 
 def scan_forward(u, delta, A, B, C, skip, bias, softplus, keep_starts: bool):
     """Run the forward kernel. Returns y (b, D, L), last (b, D, N), the chunk start states (b, D, nc, N) or None,
-    and the float32 arrays the kernel read (u, delta, A, Bt, Ct, skip, bias), which the backward reuses."""
+    and the float32 arrays the kernel read (u, delta, A, BC, skip, bias), which the backward reuses."""
     kernels = _kernels()
     b, D, L = u.shape
     N = A.shape[1]
     u, delta, A = _f32(u), _f32(delta), _f32(A)
-    Bt, Ct = _states_last(B), _states_last(C)  # (b, G, L, N)
+    BC = _steps_major(B, C)  # (b, G, L, 2, N)
     skip = torch.zeros(D) if skip is None else _f32(skip)
     bias = torch.zeros(D) if bias is None else _f32(bias)
     y, last = torch.empty(b, D, L), torch.empty(b, D, N)
     nc = -(-L // kernels.CHUNK)
     starts = torch.empty(b, D, nc, N) if keep_starts else torch.empty(0, 0, 0, 0)
-    _run(kernels.scan_forward, u, delta, bias, A * float(kernels.LOG2E), Bt, Ct, skip, bool(softplus),
-         y, last, starts)
-    return y, last, starts if keep_starts else None, (u, delta, A, Bt, Ct, skip, bias)
+    _run(kernels.scan_forward, u, delta, bias, A * float(kernels.LOG2E), BC, skip, bool(softplus), y, last, starts)
+    return y, last, starts if keep_starts else None, (u, delta, A, BC, skip, bias)
 
 
 def check_inputs(u: torch.Tensor, *others: torch.Tensor | None) -> None:
