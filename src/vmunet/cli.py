@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 
@@ -215,6 +216,37 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vmunet.serve import require_serve_extra
+
+    require_serve_extra()  # before the model loads: one line naming the extra
+    from vmunet.serve import serve
+
+    serve(args.run_dir, host=args.host, port=args.port, token=args.token, max_upload_mb=args.max_upload_mb,
+          checkpoint=args.checkpoint, device=args.device, tta=args.tta, batch_size=args.batch_size,
+          allow_pickle=args.trust_checkpoint, scan_backend=args.scan_backend)
+    return 0
+
+
+def add_serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="a local web page and HTTP API applying a trained run", allow_abbrev=False,
+                       description="Serve a run folder: a page at / (drop an image, see the overlay and the class "
+                                   "areas), POST /predict for programs, /docs. Needs the 'serve' extra.")
+    add_run_arguments(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only; another one is warned about)")
+    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--token", default=os.environ.get("VMUNET_SERVE_TOKEN") or None,
+                   help="require 'Authorization: Bearer TOKEN' on /info and /predict (default: $VMUNET_SERVE_TOKEN "
+                        "if set, else no authentication; the variable keeps the token out of the process list)")
+    p.add_argument("--max-upload-mb", type=float, default=512.0, help="larger uploads get 413 (default 512)")
+    p.add_argument("--tta", action="store_true", help="average the flips, as predict --tta")
+    p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_scan_backend_argument(p)
+    p.set_defaults(func=cmd_serve)
+
+
 def add_predict_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment images and volumes with a trained run", allow_abbrev=False)
     add_predict_arguments(p)
@@ -238,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     add_predict_parser(sub)
     add_export_parser(sub)
+    add_serve_parser(sub)
     add_demo_parser(sub)
     add_forward_parser(sub)
     return parser

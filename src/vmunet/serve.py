@@ -1,0 +1,385 @@
+"""``vmunet serve``: a trained run behind a local web page and an HTTP API (FastAPI + uvicorn, the ``serve`` extra).
+
+    app = create_app("runs/isic18")              # an ASGI app: FastAPI's TestClient drives it without a socket
+    serve("runs/isic18", port=8000)              # the same app on 127.0.0.1:8000 (uvicorn)
+
+Endpoints: ``GET /`` the page (``vmunet/static/serve.html``: plain HTML, CSS and JavaScript, nothing fetched from
+the internet), ``GET /health`` (no token needed), ``GET /info`` (the run: classes, kind, limits), ``POST /predict``
+(multipart field ``file``) and FastAPI's ``/docs``. ``/predict`` answers exactly what ``vmunet predict`` writes for
+the same file: the label PNG of an image (0/255 for one class, class ids otherwise), the label NIfTI of a volume
+(the input's affine and header); ``?format=json`` returns per-class statistics instead (pixels, and mm^2 or mL when
+the spacing is known: a NIfTI header, or ``?spacing=`` in mm for an image). The page asks for
+``?format=json&preview=true``, which adds the pictures it draws and the mask file itself (base64).
+
+Reading, the prediction and writing are ``vmunet.predict``'s own functions (``vmunet.data.readers``,
+``vmunet.inference.Predictor``, ``vmunet.runtime.writers``). The model is loaded once; predictions run one at a time
+(a lock: on a CPU parallel forwards only compete for the cores), while uploads are received and files decoded
+concurrently. Every upload goes to a temporary folder removed when its request ends.
+"""
+
+import base64
+import hmac
+import inspect
+import io
+import logging
+import re
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from contextlib import nullcontext
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from vmunet.data.readers import input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_volume
+from vmunet.inference import Prediction, Predictor
+from vmunet.ops import use_backend
+from vmunet.ops.workspace import scan_workspace
+from vmunet.predict import READ_ERRORS, _Job, _write_image_outputs, _write_volume_outputs
+
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "create_app", "make_server", "require_serve_extra", "serve"]
+
+log = logging.getLogger("vmunet.serve")
+
+DEFAULT_MAX_UPLOAD_MB = 512.0
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+EXTRA_HINT = "vmunet serve needs the 'serve' extra (FastAPI, uvicorn, python-multipart): pip install 'vmunet[serve]'"
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _writer_info(predictor: Predictor) -> dict:
+    """predict's image writer takes the run's info where it writes per-dataset PNGs (palette masks of colour-mask
+    datasets): pass it whenever the writer accepts it, so that serve writes what predict writes."""
+    return {"info": predictor.info} if "info" in inspect.signature(_write_image_outputs).parameters else {}
+
+
+def require_serve_extra() -> None:
+    """Raise one ImportError naming the extra when FastAPI, uvicorn or python-multipart is missing."""
+    missing = []
+    for module in ("fastapi", "uvicorn", "multipart"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append("python-multipart" if module == "multipart" else module)
+    if missing:
+        raise ImportError(f"{EXTRA_HINT} (missing: {', '.join(missing)})")
+
+
+class _UploadLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413, from its Content-Length before anything is
+    read, or as soon as the bytes received pass the limit (chunked uploads)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from fastapi import HTTPException
+
+        message = (f"upload larger than the limit of {self.max_bytes / 2 ** 20:.4g} MiB "
+                   "(vmunet serve --max-upload-mb)")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await _send_json(send, 413, {"detail": message})
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            event = await receive()
+            if event["type"] == "http.request":
+                received += len(event.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, message)  # answered by FastAPI's exception handling, inside
+            return event
+
+        return await self.app(scope, limited_receive, send)
+
+
+async def _send_json(send, status: int, payload: dict) -> None:
+    import json
+
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _spacing_of(reference) -> tuple[float, ...] | None:
+    """Voxel sizes in mm from a NIfTI header (units metres and microns converted; unknown units taken as mm,
+    as NIfTI readers do), or None."""
+    if reference is None:
+        return None
+    try:
+        zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
+        unit = reference.header.get_xyzt_units()[0]
+    except (AttributeError, ValueError, TypeError):
+        return None
+    scale = {"meter": 1000.0, "micron": 1e-3}.get(unit, 1.0)
+    if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
+        return None
+    return tuple(z * scale for z in zooms)
+
+
+def class_statistics(labels: np.ndarray, names: list[str], num_classes: int,
+                     spacing: tuple[float, ...] | None) -> list[dict]:
+    """One row per class (one-class runs: background and the class): id, name, pixels (voxels for volumes), and
+    area_mm2 (images) or volume_ml (volumes) when the spacing in mm is known."""
+    ids = [0, 1] if num_classes == 1 else list(range(num_classes))
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(ids) + 1)
+    unit = float(np.prod(spacing)) if spacing is not None else None
+    rows = []
+    for k in ids:
+        row = {"id": k, "name": names[k] if k < len(names) else f"class{k}", "pixels": int(counts[k])}
+        if labels.ndim == 2:
+            row["area_mm2"] = None if unit is None else counts[k] * unit
+        else:
+            row["volume_ml"] = None if unit is None else counts[k] * unit / 1000.0
+        rows.append(row)
+    return rows
+
+
+def _window_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Display copy: the 0.5-99.5 percentile range of the whole array mapped to 0..255."""
+    array = np.asarray(array, np.float32)
+    low, high = np.percentile(array, [0.5, 99.5]) if array.size else (0.0, 1.0)
+    scaled = (array - low) / (high - low) if high > low else np.zeros_like(array)
+    return (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _png_data_url(picture: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _preview(display: np.ndarray, labels: np.ndarray) -> dict:
+    """What the page draws: per slice the image as a PNG data URL and the class ids as base64 uint8 (H*W)."""
+    if labels.ndim == 2:
+        display, labels = display[None], labels[None]
+    slices = []
+    for picture, ids in zip(display, labels):
+        slices.append({"image": _png_data_url(picture),
+                       "labels": base64.b64encode(np.clip(ids, 0, 255).astype(np.uint8).tobytes()).decode()})
+    return {"height": int(labels.shape[1]), "width": int(labels.shape[2]), "slices": slices}
+
+
+def _display_image(image: np.ndarray) -> np.ndarray:
+    """An image as read (any bit depth, grey or RGB[A]) -> uint8 grey or RGB for the page."""
+    if image.ndim == 3 and image.shape[2] in (2, 4):
+        image = image[..., :-1]
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.dtype == np.uint8:
+        return image
+    return _window_to_uint8(image)
+
+
+def _parse_spacing(text: str | None) -> tuple[float, ...] | None:
+    if text in (None, ""):
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing must be one or two positive numbers in mm per pixel, e.g. 0.1 or 0.1,0.12 "
+                         f"(got {text!r})")
+    return values
+
+
+def create_app(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", tta: bool = False,
+               batch_size: int = 8, allow_pickle: bool = False, token: str | None = None,
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, scan_backend: str | None = None,
+               temp_dir: str | Path | None = None, predictor: Predictor | None = None):
+    """The FastAPI app serving one run folder (the model loaded here, once).
+
+    ``token``: every request but ``/``, ``/health`` and the OpenAPI pages needs ``Authorization: Bearer TOKEN``.
+    ``max_upload_mb``: a larger request body gets 413. ``scan_backend``: what "auto" means in the model's scans
+    (None: the caller's setting). ``temp_dir``: where uploads are stored while predicted (default: the system's).
+    """
+    require_serve_extra()
+    from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+    if max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be > 0 (got {max_upload_mb:g})")
+    if predictor is None:
+        predictor = Predictor.from_run(run_dir, checkpoint, device=device, tta=tta, batch_size=batch_size,
+                                       allow_pickle=allow_pickle)
+    info = predictor.info
+    max_bytes = int(max_upload_mb * 2 ** 20)
+    lock = threading.Lock()
+    page = resources.files("vmunet").joinpath("static/serve.html").read_text(encoding="utf-8")
+
+    app = FastAPI(title="vmunet serve", version=info.version,
+                  description=f"Segmentation with the run {Path(run_dir).name} ({info.model_preset}). "
+                              "POST an image or volume to /predict.")
+    app.add_middleware(_UploadLimit, max_bytes=max_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    def one_line_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(part) for part in problem.get('loc', ()))}: {problem.get('msg')}"
+                             for problem in error.errors())
+        return JSONResponse({"detail": f"bad request: {problems}"}, status_code=422)
+
+    def authorised(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+            raise HTTPException(401, "a bearer token is required (Authorization: Bearer TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    def health() -> dict:
+        """Liveness: always answers, without a token."""
+        return {"status": "ok", "token_required": token is not None}
+
+    @app.get("/info", dependencies=[Depends(authorised)])
+    def run_info() -> dict:
+        """The served run: classes, what it takes, the upload limit."""
+        return {"run": Path(run_dir).name, "model": info.model_preset, "dataset": info.dataset,
+                "kind": "volumes" if info.is_volumetric else "images", "num_classes": info.num_classes,
+                "label_names": list(info.label_names), "input_channels": info.input_channels,
+                "image_size": info.image_size, "tta": predictor.tta, "max_upload_bytes": max_bytes,
+                "accepts": ".png .jpg .jpeg .bmp .tif .tiff .nii .nii.gz .npy.h5"}
+
+    @app.post("/predict", dependencies=[Depends(authorised)],
+              responses={200: {"content": {"image/png": {}, "application/gzip": {}, "application/json": {}},
+                               "description": "the mask (PNG or NIfTI), or the class statistics as JSON"}})
+    def predict(file: UploadFile = File(..., description="an image (PNG, JPG, TIFF, BMP) or a volume "
+                                                         "(.nii, .nii.gz, .npy.h5)"),
+                format: str = Query("mask", description="mask (default) or json"),
+                preview: bool = Query(False, description="with format=json: add the pictures the page draws "
+                                                         "and the mask file (base64)"),
+                spacing: str | None = Query(None, description="an image's pixel size in mm, e.g. 0.1 or "
+                                                              "0.1,0.12 (rows, columns): areas in mm^2")):
+        if format not in ("mask", "json"):
+            raise HTTPException(422, f"format must be mask or json (got {format!r})")
+        name = _SAFE_NAME.sub("_", Path(file.filename or "upload").name).strip("._") or "upload"
+        kind = input_kind(Path(name))
+        if kind is None:
+            raise HTTPException(415, f"{name}: unsupported file type (expected an image .png .jpg .tif .bmp, "
+                                     "or a volume .nii .nii.gz .npy.h5)")
+        try:
+            pixel_spacing = _parse_spacing(spacing)
+        except ValueError as error:
+            raise HTTPException(422, str(error)) from None
+        work = Path(tempfile.mkdtemp(prefix="vmunet-serve-", dir=temp_dir))
+        try:
+            path = work / "in" / name
+            path.parent.mkdir()
+            with open(path, "wb") as handle:
+                shutil.copyfileobj(file.file, handle, 2 ** 20)
+            return _answer(path, kind, name, work, format, preview, pixel_spacing)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _answer(path: Path, kind: str, name: str, work: Path, format: str, preview: bool,
+                pixel_spacing) -> Response:
+        def bad_file(error: Exception, status: int = 422):
+            log.warning("%s: rejected", name, exc_info=error)  # the traceback in the server log only
+            message = " ".join(str(error).replace(str(path), name).split()) or type(error).__name__
+            if not message.startswith(name):
+                message = f"{name}: {message}"
+            return HTTPException(status, message)
+
+        from PIL import Image
+
+        try:  # reading and the input's own checks, as in vmunet predict
+            if kind == "image":
+                data, reference = read_image_file(path), None
+                predictor.check_image(data)
+            elif kind == "nifti":
+                data, reference = read_nifti_volume(path)
+                predictor.check_volume(data)
+            else:
+                data, reference = read_h5_volume(path), None
+                predictor.check_volume(data)
+        except ImportError as error:
+            raise bad_file(error, 415) from None
+        except (*READ_ERRORS, Image.DecompressionBombError) as error:
+            raise bad_file(error) from None
+        try:
+            with lock, scan_workspace(), (use_backend(scan_backend) if scan_backend else nullcontext()):
+                if kind == "image":
+                    prediction: Prediction = predictor.predict_image(data)
+                else:
+                    prediction = predictor.predict_volume(data)
+        except MemoryError as error:
+            raise bad_file(ValueError(f"out of memory ({error})"), 503) from None
+        except Exception as error:
+            if type(error).__name__ == "OutOfMemoryError":
+                raise bad_file(ValueError(f"out of memory ({error}); try a smaller --batch-size"), 503) from None
+            raise
+        stem = output_stem(Path(name))
+        out_dir = work / "out"
+        if kind == "image":
+            job = _Job(path, kind, out_dir / f"{stem}.png", stem)
+            _write_image_outputs(job, data, prediction, predictor.num_classes, out_dir, overlay=False,
+                                 save_probabilities=False, **_writer_info(predictor))
+            media, download = "image/png", f"{stem}_mask.png"
+        else:
+            suffix = ".nii" if kind == "nifti" and not name.lower().endswith(".gz") else ".nii.gz"
+            job = _Job(path, kind, out_dir / f"{stem}{suffix}", stem)
+            _write_volume_outputs(job, data, reference, prediction, out_dir, overlay=False, save_probabilities=False)
+            media = "application/gzip" if suffix == ".nii.gz" else "application/octet-stream"
+            download = f"{stem}_mask{suffix}"
+        mask_bytes = job.output.read_bytes()
+        if format == "mask":
+            return Response(mask_bytes, media_type=media,
+                            headers={"Content-Disposition": f'attachment; filename="{download}"'})
+        spacing_mm = pixel_spacing if kind == "image" else _spacing_of(reference)
+        labels = prediction.labels
+        body = {"file": name, "kind": "image" if kind == "image" else "volume", "shape": list(labels.shape),
+                "spacing_mm": list(spacing_mm) if spacing_mm is not None else None,
+                "classes": class_statistics(labels, list(info.label_names), predictor.num_classes, spacing_mm)}
+        if preview:
+            display = _display_image(data) if kind == "image" else _window_to_uint8(
+                data[..., 0] if data.ndim == 4 else data)
+            body["preview"] = _preview(display, labels)
+            body["mask"] = {"filename": download, "media_type": media,
+                            "base64": base64.b64encode(mask_bytes).decode()}
+        return JSONResponse(body)
+
+    return app
+
+
+def make_server(app, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info"):
+    """A uvicorn server for ``app`` (``.run()`` blocks; tests run it in a thread and set ``should_exit``)."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, report: Callable[[str], None] = _stderr, **options) -> None:
+    """Serve ``run_dir`` until interrupted. Binds 127.0.0.1 by default; another address is reported as a
+    warning (anyone who reaches it can use the model, and read nothing else; without ``token``, unchallenged)."""
+    require_serve_extra()
+    app = create_app(run_dir, token=token, max_upload_mb=max_upload_mb, **options)
+    if host not in LOOPBACK:
+        report(f"warning: serving on {host}, reachable from other machines"
+               + ("" if token else "; no --token given, so anyone who reaches it can use the model"))
+    report(f"vmunet serve: {Path(run_dir)} on http://{'[' + host + ']' if ':' in host else host}:{port}/ "
+           f"(API docs at /docs; Ctrl-C stops)")
+    make_server(app, host, port).run()
