@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vmunet.data.readers import (LUMA, input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_case,
-                                 read_nifti_volume)
+                                 read_nifti_volume, read_sitk_volume)
 from vmunet.data.transforms import eval_transform, resize_to
 from vmunet.models import VMUNet, logits_to_probabilities
 from vmunet.runtime.device import autocast, resolve_device
@@ -213,13 +213,17 @@ class Predictor:
             path = Path(array_or_path)
             kind = input_kind(path)
             if kind is None:
-                raise ValueError(f"{path}: unsupported file type (expected an image, .nii, .nii.gz or .npy.h5)")
+                raise ValueError(f"{path}: unsupported file type (expected an image, .nii, .nii.gz, .mha, .mhd, .nrrd "
+                                 "or .npy.h5)")
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: input not found")
             if kind == "image":
                 return self.predict_image(read_image_file(path))
             if kind == "h5":
                 return self.predict_volume(read_h5_volume(path), keep_probabilities=True)
+            if kind == "sitk":  # read as (z, x, y); returned in the file's array order (z, y, x), as SimpleITK's
+                result = self.predict_volume(read_sitk_volume(path)[0], keep_probabilities=True)
+                return Prediction(result.labels.transpose(0, 2, 1), result.probabilities.transpose(0, 1, 3, 2))
             return self._predict_stored_order(read_nifti_volume(path)[0])
         array = np.asarray(array_or_path)
         if array.ndim == 2 or (array.ndim == 3 and self.is_channel_axis(array.shape[2])):

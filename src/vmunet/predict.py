@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from vmunet.data.readers import (input_kind, list_folder, output_stem, read_h5_volume, read_image_file,
-                                 read_nifti_case, read_nifti_volume)
+                                 read_nifti_case, read_nifti_volume, read_sitk_volume, sitk_labels)
 from vmunet.inference import Prediction, Predictor
 from vmunet.ops.workspace import scan_workspace
 from vmunet.runtime.run_folder import run_folder_files
 from vmunet.runtime.writers import (check_output_folder, index_png, mask_png, refuse_overwriting, write_nifti,
-                                   write_npy, write_png)
+                                   write_npy, write_png, write_sitk)
 
 __all__ = ["PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files", "plan_outputs",
            "predict_paths"]
@@ -44,10 +44,12 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple
         if path.is_dir():
             found = [p for p in list_folder(path) if input_kind(p)]
             if not found:
-                problems.append((path, "folder holds no PNG/JPG/TIFF/BMP images, NIfTI or .h5 volumes"))
+                problems.append((path, "folder holds no PNG/JPG/TIFF/BMP images, NIfTI, .mha/.mhd/.nrrd or .h5 "
+                                       "volumes"))
             files.extend(found)
         elif input_kind(path) is None:
-            problems.append((path, "unsupported file type (expected an image, .nii, .nii.gz or .npy.h5)"))
+            problems.append((path, "unsupported file type (expected an image, .nii, .nii.gz, .mha, .mhd, .nrrd or "
+                                   ".npy.h5)"))
         else:
             files.append(path)
     return list(dict.fromkeys(files)), problems
@@ -140,6 +142,8 @@ def plan_outputs(files: list[Path], out_dir: Path, cases: dict[str, list[Path]] 
             output = out_dir / f"{stem}.png"
         elif kind == "nifti":
             output = out_dir / (stem + (".nii.gz" if path.name.lower().endswith(".gz") else ".nii"))
+        elif kind == "sitk":  # the input's own format
+            output = out_dir / f"{stem}{path.suffix.lower()}"
         else:
             output = out_dir / f"{stem}.nii.gz"
         if output in seen:
@@ -157,7 +161,8 @@ def planned_files(jobs: list[_Job], out_dir: Path, overlay: bool, save_probabili
     planned = [job.output for job in jobs]
     for job in jobs:
         if save_probabilities:
-            suffix = ".npy" if job.kind == "image" else (".nii" if job.output.name.endswith(".nii") else ".nii.gz")
+            suffix = ".npy" if job.kind in ("image", "sitk") else (".nii" if job.output.name.endswith(".nii")
+                                                                  else ".nii.gz")
             planned.append(out_dir / "probabilities" / f"{job.stem}{suffix}")
         if overlay and job.kind == "image":
             planned.append(out_dir / "overlays" / f"{job.stem}.png")
@@ -259,6 +264,8 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
                 volume, reference = read_nifti_case(job.channels, job.stem)  # (D, H, W, C)
             elif job.kind == "nifti":
                 volume, reference = read_nifti_volume(job.path)
+            elif job.kind == "sitk":
+                volume, reference = read_sitk_volume(job.path)  # (z, x, y), the SimpleITK image
             else:
                 volume, reference = read_h5_volume(job.path), None
             predictor.check_volume(volume)
@@ -307,21 +314,32 @@ def _write_image_outputs(job: _Job, image: np.ndarray, prediction: Prediction, n
 
 def _write_volume_outputs(job: _Job, volume: np.ndarray, reference, prediction: Prediction, out_dir: Path,
                           overlay: bool, save_probabilities: bool) -> None:
-    from PIL import Image
-
-    from vmunet.overlay import contour_overlay, representative_slices
-
     stem = job.stem
     labels = prediction.labels  # (D, H, W)
+    if job.kind == "sitk":  # probabilities (K, z, y, x) as .npy; labels in the input's format on its grid
+        if save_probabilities:
+            write_npy(out_dir / "probabilities" / f"{stem}.npy",
+                      np.ascontiguousarray(prediction.probabilities.transpose(0, 1, 3, 2), np.float32))
+        if overlay:
+            _write_overlays(out_dir, stem, volume, labels)
+        write_sitk(job.output, sitk_labels(labels, reference))
+        return
     if save_probabilities:
         probs = prediction.probabilities.transpose(2, 3, 1, 0)  # (K, D, H, W) -> stored (X, Y, Z, K)
         suffix = ".nii" if job.output.name.endswith(".nii") else ".nii.gz"
         write_nifti(out_dir / "probabilities" / f"{stem}{suffix}", np.ascontiguousarray(probs, np.float32),
                     reference, compresslevel=1)
     if overlay:
-        for z in representative_slices(labels):
-            write_png(out_dir / "overlays" / f"{stem}_slice{z:03d}.png",
-                      Image.fromarray(contour_overlay(volume[z, ..., 0] if volume.ndim == 4 else volume[z],
-                                                      labels[z])))
+        _write_overlays(out_dir, stem, volume, labels)
     dtype = np.uint8 if labels.max(initial=0) < 256 else np.int16
     write_nifti(job.output, np.ascontiguousarray(np.moveaxis(labels, 0, -1), dtype), reference, intent="label")
+
+
+def _write_overlays(out_dir: Path, stem: str, volume: np.ndarray, labels: np.ndarray) -> None:
+    from PIL import Image
+
+    from vmunet.overlay import contour_overlay, representative_slices
+
+    for z in representative_slices(labels):
+        write_png(out_dir / "overlays" / f"{stem}_slice{z:03d}.png",
+                  Image.fromarray(contour_overlay(volume[z, ..., 0] if volume.ndim == 4 else volume[z], labels[z])))

@@ -1,4 +1,8 @@
-"""Volumes of one's own in the nnU-Net raw layout, read with nibabel.
+"""Volumes and images of one's own in the nnU-Net raw layout, any of its file endings.
+
+``dataset.json``'s ``file_ending`` (default: found from the files, NIfTI first) chooses the reader: .nii.gz and
+.nii with nibabel; .mha, .mhd, .nrrd with SimpleITK (the ``itk`` extra); .png, .bmp, .tif, .tiff as 2D cases
+(each file one case of depth 1; an RGB file gives 3 channels, as nnU-Net's natural-image reader).
 
     DATA/dataset.json              "labels": {name: id} (nnU-Net v2) or {id: name} (v1), "channel_names"/"modality"
     DATA/imagesTr/NAME_0000.nii.gz [NAME_0001.nii.gz ...]   one file per channel
@@ -22,9 +26,31 @@ from pathlib import Path
 import numpy as np
 
 from vmunet.data.checks import check_finite, check_labels, check_same_affine, check_same_shape
-from vmunet.data.readers import list_folder
+from vmunet.data.readers import SITK_SUFFIXES, list_folder
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii(\.gz)?)$")  # nnU-Net: CASE_XXXX.nii.gz
+FILE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff")  # 2D: one file is one case of depth 1
+
+
+def file_ending(root: Path) -> str:
+    """The dataset's file ending: dataset.json's ``file_ending``, else the first ending found in imagesTr."""
+    path = root / "dataset.json"
+    if path.is_file():
+        ending = read_dataset_json(root).get("file_ending")
+        if ending is not None:
+            if not isinstance(ending, str) or ending.lower() not in FILE_ENDINGS:
+                raise ValueError(f"{path}: file_ending {ending!r} is not one of {', '.join(FILE_ENDINGS)}")
+            return ending.lower()
+    names = [p.name.lower() for p in list_folder(root / "imagesTr")] if (root / "imagesTr").is_dir() else []
+    for ending in FILE_ENDINGS:
+        if any(name.endswith(ending) for name in names):
+            return ending
+    return ".nii.gz"
+
+
+def channel_pattern(ending: str) -> re.Pattern:
+    return re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(ending) + "$", re.IGNORECASE)
 
 
 def _nibabel():
@@ -86,14 +112,17 @@ def find_cases(root: str | Path, subset: str = "Tr") -> dict[str, list[Path]]:
     if not image_dir.is_dir():
         raise FileNotFoundError(f"{image_dir}: folder not found")
     channels: dict[str, dict[int, Path]] = {}
+    ending = file_ending(root)
+    pattern = channel_pattern(ending)
     for path in list_folder(image_dir):
-        match = CHANNEL_FILE.match(path.name)
+        match = pattern.match(path.name)
         if match is None:
-            if path.name.endswith((".nii", ".nii.gz")):
-                raise ValueError(f"{path}: image name must end in _XXXX.nii.gz (the channel index)")
+            if path.name.lower().endswith(ending) and not (ending == ".nii" and path.name.lower().endswith(".gz")):
+                raise ValueError(f"{path}: image name must end in _XXXX{ending} (the channel index)")
             continue
         channels.setdefault(match["case"], {})[int(match["channel"])] = path
-    expected = _num_channels(root)
+    # RGB images hold 3 channels in one file: the files are then counted, not the channel names
+    expected = None if ending in IMAGE_ENDINGS else _num_channels(root)
     cases = {}
     for case, files in sorted(channels.items()):
         count = expected if expected is not None else len(files)
@@ -128,8 +157,46 @@ def _to_dhw(data: np.ndarray, path: Path) -> np.ndarray:
     return np.moveaxis(data, -1, 0)
 
 
+def read_case_file(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """One file of a case by its ending: (array (D, H, W), or (1, H, W, 3) for an RGB 2D file; spacing (D, H, W);
+    a 4x4 index -> physical matrix for comparing grids)."""
+    from vmunet.data.readers import read_image_file, read_sitk_image, sitk_geometry, sitk_to_dhw
+
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        img, data = _load(path)
+        zooms = img.header.get_zooms()[:3]
+        return _to_dhw(data, path), (float(zooms[2]), float(zooms[0]), float(zooms[1])), np.asarray(img.affine,
+                                                                                                     np.float64)
+    if name.endswith(SITK_SUFFIXES):
+        image = read_sitk_image(path)
+        spacing, affine = sitk_geometry(image)
+        return sitk_to_dhw(image, path), spacing, affine
+    data = read_image_file(path)  # (H, W) or (H, W, 3)
+    if data.ndim == 3 and data.shape[2] == 4:
+        data = data[..., :3]
+    return data[None], (1.0, 1.0, 1.0), np.eye(4)
+
+
 def read_header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray]:
     """Shape (D, H, W), spacing (D, H, W) and affine from the header alone (no voxel data read)."""
+    name = path.name.lower()
+    if name.endswith(SITK_SUFFIXES):
+        from vmunet.data.readers import simpleitk
+
+        reader = simpleitk().ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: cannot read image header: {str(exc).strip().splitlines()[-1]}") from None
+        x, y, z = (tuple(reader.GetSize()) + (1,))[:3]
+        return (z, x, y), (1.0, 1.0, 1.0), np.eye(4)
+    if not name.endswith((".nii", ".nii.gz")):
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return (1, img.size[1], img.size[0]), (1.0, 1.0, 1.0), np.eye(4)
     nib = _nibabel()
     from nibabel.filebasedimages import ImageFileError
 
@@ -148,25 +215,24 @@ def read_volume(image_files: list[Path], label_file: Path | None, num_classes: i
     """One case: image float32 (D, H, W) for one channel, (D, H, W, C) for several; label int64 (D, H, W)."""
     channels, affine = [], None
     for path in image_files:
-        img, data = _load(path)
-        data = _to_dhw(data, path).astype(np.float32)
+        data, file_spacing, file_affine = read_case_file(path)
+        data = data.astype(np.float32)
         check_finite(data, path)
         if channels:
-            check_same_shape(channels[0].shape, data.shape, f"{path} (channel shape vs {image_files[0].name})")
-            check_same_affine(img.affine, affine, path, image_files[0].name)
-        channels.append(data)
-        if len(channels) == 1:
-            zooms = img.header.get_zooms()[:3]
-            spacing = (float(zooms[2]), float(zooms[0]), float(zooms[1]))
-            affine = np.asarray(img.affine, dtype=np.float64)
+            check_same_shape(channels[0].shape[:3], data.shape[:3], f"{path} (channel shape vs {image_files[0].name})")
+            check_same_affine(file_affine, affine, path, image_files[0].name)
+        channels.extend([data[..., c] for c in range(data.shape[3])] if data.ndim == 4 else [data])
+        if affine is None:
+            spacing, affine = file_spacing, file_affine
     image = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
     label = None
     if label_file is not None:
-        label_img, data = _load(label_file)
-        data = _to_dhw(data, label_file)
+        data, _, label_affine = read_case_file(label_file)
+        if data.ndim == 4:
+            raise ValueError(f"{label_file}: label map has {data.shape[3]} channels, expected one")
         label = check_labels(data, num_classes, label_file) if num_classes else data.astype(np.int64)
         check_same_shape(channels[0].shape, label.shape, f"{label_file} (label vs {image_files[0].name})")
-        check_same_affine(label_img.affine, affine, label_file, image_files[0].name)
+        check_same_affine(label_affine, affine, label_file, image_files[0].name)
     return {"image": image, "label": label, "case_id": case_id, "spacing": spacing, "affine": affine}
 
 
@@ -187,7 +253,7 @@ class NiftiVolumes:
         self.label_names = read_label_names(self.root)
         cases = find_cases(self.root, subset)
         label_dir = self.root / f"labels{subset}"
-        ext = ".nii.gz" if next(iter(cases.values()))[0].name.endswith(".gz") else ".nii"
+        ext = file_ending(self.root)
         if case_ids is not None:
             unknown = [c for c in case_ids if c not in cases]
             if unknown:

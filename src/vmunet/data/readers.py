@@ -1,4 +1,10 @@
-"""Reading one file: images (PNG, JPG, TIFF, BMP), Synapse ``.npy.h5`` volumes, NIfTI volumes and cases.
+"""Reading one file: images (PNG, JPG, TIFF, BMP), Synapse ``.npy.h5`` volumes, NIfTI volumes and cases, and
+SimpleITK volumes (.mha, .mhd, .nrrd; the ``itk`` extra).
+
+Axis order of volumes: (D, H, W) = (z, x, y) of the file's voxel index, whichever library reads it. nibabel's
+arrays are (x, y, z) and are moved to (z, x, y); SimpleITK's arrays are (z, y, x) and are transposed to
+(z, x, y). So one file gives the same slices through either reader, and a label map written back through the
+reader's twin lands on the file's own grid.
 
 The dataset readers (``isic``, ``synapse``, ``nifti``) and prediction read files through these functions, so
 training and prediction decode a file the same way. Every error names the file.
@@ -15,15 +21,18 @@ from PIL import Image
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 H5_SUFFIXES = (".npy.h5", ".h5")
+SITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
 GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")  # read as (H, W), without 8-bit conversion
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def input_kind(path: Path) -> str | None:
-    """"image", "nifti", "h5" or None for a file name we do not read."""
+    """"image", "nifti", "h5", "sitk" or None for a file name we do not read."""
     name = path.name.lower()
     if name.endswith(NIFTI_SUFFIXES):
         return "nifti"
+    if name.endswith(SITK_SUFFIXES):
+        return "sitk"
     if name.endswith(H5_SUFFIXES):
         return "h5"
     if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -105,6 +114,65 @@ def read_nifti_volume(path: Path):
     if volume.ndim != 3:
         raise ValueError(f"{path}: expected a one-channel 3D volume, found shape {volume.shape}")
     return volume, reference
+
+
+def simpleitk():
+    """The SimpleITK module; a one-line error naming the extra when it is not installed."""
+    try:
+        import SimpleITK
+    except ImportError:
+        raise ImportError("reading .mha, .mhd, .nrrd and DICOM needs SimpleITK: pip install 'vmunet[itk]'") from None
+    return SimpleITK
+
+
+def read_sitk_image(path: Path):
+    """The SimpleITK image of a file (any format ITK reads); errors name the file."""
+    sitk = simpleitk()
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: cannot read image: empty file (0 bytes)")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: cannot read image: {reason}") from None
+
+
+def sitk_to_dhw(image, path: Path) -> np.ndarray:
+    """A 3D one-component SimpleITK image -> (D, H, W) = (z, x, y) float32 (its array is (z, y, x))."""
+    sitk = simpleitk()
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{path}: expected a one-channel 3D volume, found {image.GetDimension()}D with "
+                         f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+    return np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(0, 2, 1))
+
+
+def sitk_geometry(image) -> tuple[tuple[float, float, float], np.ndarray]:
+    """Spacing in (D, H, W) = (z, x, y) order and the 4x4 index (x, y, z) -> physical (LPS) matrix."""
+    sx, sy, sz = image.GetSpacing()
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(image.GetDirection(), np.float64).reshape(3, 3) * np.array([sx, sy, sz])
+    affine[:3, 3] = image.GetOrigin()
+    return (float(sz), float(sx), float(sy)), affine
+
+
+def read_sitk_volume(path: Path):
+    """(volume (D, H, W) float32 = (z, x, y), the SimpleITK image for its geometry) of a .mha/.mhd/.nrrd file."""
+    image = read_sitk_image(path)
+    return sitk_to_dhw(image, path).astype(np.float32), image
+
+
+def sitk_labels(labels: np.ndarray, reference):
+    """(D, H, W) = (z, x, y) class ids -> a SimpleITK image on ``reference``'s grid (size, spacing, origin and
+    direction copied)."""
+    sitk = simpleitk()
+    labels = np.asarray(labels)
+    array = np.ascontiguousarray(labels.transpose(0, 2, 1).astype(np.uint8 if labels.max(initial=0) < 256
+                                                                  else np.int16))
+    image = sitk.GetImageFromArray(array)  # (z, y, x) -> size (x, y, z)
+    if image.GetSize() != reference.GetSize():
+        raise ValueError(f"labels of size {image.GetSize()} do not fit the reference grid {reference.GetSize()}")
+    image.CopyInformation(reference)
+    return image
 
 
 def read_image(path: Path, mode: str | None = None, keep_modes: tuple[str, ...] = ()) -> np.ndarray:

@@ -171,3 +171,17 @@ def write_nifti(path: Path, data: np.ndarray, reference, intent: str | None = No
     if path.name.lower().endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=compresslevel, mtime=0)
     atomic_write_bytes(path, lambda handle: handle.write(payload))
+
+
+def write_sitk(path: Path, image) -> None:
+    """Write a SimpleITK image in the format of ``path``'s ending (.mha, .mhd + its .zraw, .nrrd, .nii.gz):
+    written into a temporary folder beside it and moved into place, the data file before the header."""
+    import SimpleITK as sitk
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp-") as tmp:
+        sitk.WriteImage(image, str(Path(tmp) / path.name), True)  # compressed
+        for written in sorted(Path(tmp).iterdir(), key=lambda p: p.name == path.name):
+            os.chmod(written, 0o666 & ~current_umask())
+            os.replace(written, path.parent / written.name)
