@@ -22,11 +22,36 @@ def test_template_becomes_a_three_class_task_on_a_32_multiple_grid(template):
     trained = set(data.train.zs)
     for start, stop in list(demo.TEST_SLABS) + [demo.SELECTION_SLAB]:
         assert not trained & set(range(start - demo.GAP, stop + demo.GAP))  # held-out slabs never trained on
-    # README: held-out slabs z 52-67 and 96-111, the selection slab 78-85, two slices of gap around each, brain
-    # tissue in z 6-149: every other slice trains.
-    held_out = set(range(50, 70)) | set(range(94, 114)) | set(range(76, 88))
+    # README: held-out slabs z 52-67 and 96-111, the selection slab 78-85, two slices of gap around each plus the
+    # one slice of context a training input carries on either side, brain tissue in z 6-149: every other slice trains.
+    assert demo.CONTEXT == 1
+    held_out = set(range(49, 71)) | set(range(93, 115)) | set(range(75, 89))
     assert trained == set(range(6, 150)) - held_out and data.num_classes == 3
+    assert data.input_channels == 3
+    for z in trained:  # no training input (a slice and its neighbours) within GAP slices of a held-out slab
+        for start, stop in list(demo.TEST_SLABS) + [demo.SELECTION_SLAB]:
+            assert all(not start - demo.GAP <= n < stop + demo.GAP for n in (z - 1, z, z + 1))
     assert all((template.labels[z] > 0).any() for z in trained)  # every training slice holds tissue
+
+
+def test_context_channels_are_the_neighbouring_slices_in_order():
+    volume = np.arange(5)[:, None, None] * np.ones((5, 2, 3))  # slice z holds the value z
+    stacked = demo.with_context(volume)
+    assert stacked.shape == (5, 2, 3, 3)
+    np.testing.assert_array_equal(stacked[2, 0, 0], [1, 2, 3])
+    np.testing.assert_array_equal(stacked[0, 1, 2], [0, 0, 1])  # the edge slice repeated past the volume
+    np.testing.assert_array_equal(stacked[4, 0, 1], [3, 4, 4])
+    np.testing.assert_array_equal(demo.with_context(volume, [3])[0], stacked[3])
+
+
+def test_a_training_sample_shares_one_bias_field_over_its_slices_with_noise_of_their_own():
+    flat = np.full((96, 96, 3), 100.0, np.float32)
+    noisy = demo.corrupt(flat, np.random.default_rng(0))
+    assert noisy.shape == flat.shape
+    smooth = [demo.ndimage.uniform_filter(noisy[..., c], 15) for c in range(3)]  # the noise averaged away
+    assert np.abs(smooth[0] - smooth[0].mean()).max() > 15  # a field of up to +-30 %
+    assert np.abs(smooth[0] - smooth[2]).max() < 6  # the same field on every slice (separate fields differ by ~30)
+    assert np.abs(noisy[..., 0] - noisy[..., 1]).mean() > 5  # independent noise (sigma 10)
 
 
 def test_corruption_is_a_bounded_smooth_field_plus_rician_noise():
