@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "device": args.device, "amp": True if args.amp else None, "seed": args.seed,
                  "num_workers": args.num_workers, "accumulate": args.accumulate,
                  "paper_selection": True if args.paper_selection else None,
-                 "detect_anomaly": True if args.detect_anomaly else None}
+                 "detect_anomaly": True if args.detect_anomaly else None, "folds": args.folds, "fold": args.fold}
     config, given = resolve_config(args.preset, args.config, overrides, args.set)
     # --resume continues the run as saved: only what was typed is compared with it (see vmunet.train)
     result = train(config, args.run_dir, resume=args.resume, progress=not args.no_progress,
@@ -105,6 +105,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--paper-selection", action="store_true",
                    help="choose the best checkpoint on the split the paper reports (exact comparison only)")
     p.add_argument("--detect-anomaly", action="store_true", help="autograd anomaly detection (slow; debugging)")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="K-fold cross-validation: deal the training cases into K folds (seeded by --seed)")
+    p.add_argument("--fold", type=int, metavar="k",
+                   help="with --folds: fold k (0..K-1) selects best.pt, the other folds train")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_scan_backend_argument(p)
     p.set_defaults(func=cmd_train)

@@ -42,6 +42,10 @@ class TrainConfig:
     val_fraction: float = 0.1
     # Paper behaviour, for exact comparison: choose the best checkpoint on the split the paper evaluates on.
     paper_selection: bool = False
+    # K-fold cross-validation: the training cases are dealt into ``folds`` folds (seeded by ``seed``), fold
+    # ``fold`` selects the best checkpoint and the others train. None: ``val_fraction`` as above.
+    folds: int | None = None
+    fold: int | None = None
     # Paper behaviour: weight decay on every parameter (the official code meant to spare A_logs and Ds).
     paper_weight_decay: bool = False
     pretrained: str | None = None  # VMamba ImageNet checkpoint
@@ -83,6 +87,7 @@ class TrainConfig:
             (all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1) (got {list(self.betas)})"),
             (self.num_workers >= 0, f"num_workers must be >= 0 (got {self.num_workers})"),
             (self.dist_timeout_minutes > 0, f"dist_timeout_minutes must be > 0 (got {self.dist_timeout_minutes})"),
+            *fold_checks(self),
         ]
         for ok, message in checks:
             if not ok:
@@ -93,6 +98,19 @@ class TrainConfig:
         data = dataclasses.asdict(self)
         data["betas"] = list(self.betas)
         return data
+
+
+def fold_checks(config: TrainConfig) -> list[tuple[bool, str]]:
+    """folds K >= 2 needs fold k in 0..K-1, and the other way round; folds select on the training cases, so
+    they exclude the paper's selection on the reported split."""
+    if config.folds is None:
+        return [(config.fold is None, f"fold {config.fold} needs folds (--folds K --fold k)")]
+    return [(config.folds >= 2, f"folds must be >= 2 (got {config.folds})"),
+            (config.fold is not None, f"folds {config.folds} needs fold (--fold k, k in 0..{config.folds - 1})"),
+            (config.fold is None or 0 <= config.fold < config.folds,
+             f"fold must be in 0..{config.folds - 1} for folds {config.folds} (got {config.fold})"),
+            (not config.paper_selection, "folds and paper_selection exclude each other (folds select on the "
+                                         "training cases, the paper on the split it reports)")]
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -30,13 +30,14 @@ import vmunet
 from vmunet.config import TrainConfig, config_from_dict
 from vmunet.data.transforms import recipe_interpolation
 from vmunet.ops.workspace import scan_workspace
-from vmunet.data.splits import TrainingData, prepare_training_data
+from vmunet.data.splits import TrainingData, case_names, prepare_training_data
 from vmunet.models import create_model, load_pretrained_vmamba
 from vmunet.runtime.device import autocast, is_out_of_memory, needs_grad_scaler, progress_bar, seed_everything
 from vmunet.runtime.distributed import (DistInfo, EpochSampler, all_finite, barrier, check_replicas_in_sync,
                                         init_distributed, mean_over_ranks, shutdown_distributed)
-from vmunet.runtime.run_folder import (LOCK_FILE, RunFolderLock, RunInfo, checkpoint_dir, load_checkpoint,
-                                       load_weights, read_config_dict, save_checkpoint, write_config, write_run_info)
+from vmunet.runtime.run_folder import (LOCK_FILE, SPLIT_FILE, RunFolderLock, RunInfo, checkpoint_dir,
+                                       load_checkpoint, load_weights, read_config_dict, read_split, save_checkpoint,
+                                       write_config, write_run_info, write_split)
 from vmunet.runtime.writers import write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -213,6 +214,22 @@ def refuse_existing_run(run_dir: Path) -> None:
         raise ValueError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --run-dir")
 
 
+def record_split(run_dir: Path, config: TrainConfig, data: TrainingData, resume: bool) -> None:
+    """Write split.json (the case ids that train and that select); a resumed run must see the same cases."""
+    if config.dataset == "demo":  # one volume built in memory: its slices are not cases
+        return
+    train_ids, val_ids = case_names(data.train), case_names(data.val)
+    if resume and (run_dir / SPLIT_FILE).is_file():
+        saved = read_split(run_dir)
+        if saved != {"train": train_ids, "val": val_ids}:
+            changed = sorted(set(saved["train"] + saved["val"]) ^ set(train_ids + val_ids))
+            raise ValueError(f"{run_dir / SPLIT_FILE}: the data's training cases differ from the split this run "
+                             f"trained on ({', '.join(changed[:3]) or 'the same cases, other folds'}); resume with "
+                             "the data it trained on")
+        return
+    write_split(run_dir, train_ids, val_ids)
+
+
 def check_first_samples(data: TrainingData) -> None:
     """Read the first training and selection sample before the run folder is made: a wrong mask format or
     label range fails here, leaving nothing behind (a bad file further on is found when it is read)."""
@@ -224,7 +241,7 @@ def check_first_samples(data: TrainingData) -> None:
 class StartCleanup:
     """What a fresh start creates in the run folder, removed if it fails before its first checkpoint."""
 
-    MADE = ("config.yaml", "run.json", "history.csv")
+    MADE = ("config.yaml", "run.json", "history.csv", SPLIT_FILE)
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
@@ -347,6 +364,7 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
     history = read_history(run_dir, start_epoch) if dist_info.is_main else []
 
     if dist_info.is_main:
+        record_split(run_dir, config, data, resume)
         write_config(run_dir, {**config.to_dict(), "num_classes": data.num_classes,
                                "input_channels": data.input_channels, "label_names": data.label_names})
         write_run_info(run_dir, RunInfo(model_preset=config.model, model_config=dict(model.config),

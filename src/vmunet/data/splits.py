@@ -59,6 +59,59 @@ def hold_out(samples: Sequence, fraction: float, seed: int) -> tuple[Subset, Sub
     return Subset(samples, kept), Subset(samples, held)
 
 
+def group_by_case(case_ids: Sequence[str]) -> dict[str, list[int]]:
+    """{case (volume) id: indices of its samples}: the slices of one volume form one case."""
+    groups: dict[str, list[int]] = {}
+    for index, case_id in enumerate(case_ids):
+        groups.setdefault(volume_id(case_id), []).append(index)
+    return groups
+
+
+def assign_folds(cases: Sequence[str], folds: int, seed: int, where: str = "the data") -> dict[str, int]:
+    """{case id: fold}: the sorted case ids shuffled with ``seed``, then dealt round-robin into ``folds``.
+
+    Depends only on the set of ids, ``folds`` and ``seed``, so every fold's run (and ``vmunet cv``) computes the
+    same assignment; fold sizes differ by at most one.
+    """
+    names = sorted(set(cases))
+    if len(names) < folds:
+        advice = f"use --folds {len(names)} or fewer" if len(names) >= 2 else "cross-validation needs 2 cases"
+        raise ValueError(f"{where}: {len(names)} training case(s) cannot make {folds} folds; {advice}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    return {names[index]: position % folds for position, index in enumerate(order)}
+
+
+def fold_split(samples: Sequence, folds: int, fold: int, seed: int, where: str = "the data") -> tuple[Subset, Subset]:
+    """(train, val) by case: fold ``fold`` of ``assign_folds`` is val, the other folds train."""
+    groups = group_by_case(samples.case_ids)
+    assignment = assign_folds(list(groups), folds, seed, where)
+    val = [i for name in sorted(groups) if assignment[name] == fold for i in groups[name]]
+    train = [i for name in sorted(groups) if assignment[name] != fold for i in groups[name]]
+    return Subset(samples, train), Subset(samples, val)
+
+
+def selection_split(samples: Sequence, config: TrainConfig) -> tuple[Subset, Subset]:
+    """The training split's (train, selection) samples: fold ``config.fold`` with folds, else a held-out fraction."""
+    if config.folds:
+        return fold_split(samples, config.folds, config.fold, config.seed, config.data or "the data")
+    return hold_out(samples, config.val_fraction, config.seed)
+
+
+def case_names(samples: Sequence) -> list[str]:
+    """The sorted case ids of some samples (image stems, volume names): what ``split.json`` lists."""
+    return sorted(group_by_case(samples.case_ids)) if len(samples) else []
+
+
+def selection_source(config: TrainConfig, val: Sequence, held_out: str) -> str:
+    """The log's sentence for selection samples that come from the training split; ``held_out`` formats
+    the case count and the seed when there are no folds."""
+    count = len({volume_id(c) for c in val.case_ids}) if len(val) else 0
+    if config.folds:
+        return f"fold {config.fold} of {config.folds}: {count} training cases (seed {config.seed}), never the " \
+               "evaluation split"
+    return held_out.format(count=count, seed=config.seed)
+
+
 @dataclass
 class TrainingData:
     train: Sequence  # 2D samples
@@ -99,13 +152,14 @@ def prepare_training_data(config: TrainConfig) -> TrainingData:
     colours = None
     if config.dataset == "isic":
         train = readers.IsicFolder(root, "train")
-        if isic_has_test(root) or config.paper_selection:
+        if not config.folds and (isic_has_test(root) or config.paper_selection):
             source = "the val/ folder" + (" (paper selection: also the reported split)" if not isic_has_test(root)
                                           else "")
             val = readers.IsicFolder(root, "val")
         else:
-            train, val = hold_out(train, config.val_fraction, config.seed)
-            source = f"{len(val)} images held out of train/ (seed {config.seed}); val/ is the evaluation split"
+            train, val = selection_split(train, config)
+            source = selection_source(config, val, "{count} images held out of train/ (seed {seed}); val/ is the "
+                                      "evaluation split")
         num_classes, channels = config.num_classes or 1, config.input_channels or 3
         names = config.label_names or default_label_names(num_classes)
     elif config.dataset == "synapse":
@@ -113,14 +167,14 @@ def prepare_training_data(config: TrainConfig) -> TrainingData:
         if config.paper_selection:
             val, source = slices_of(readers.SynapseVolumes(root, "test_vol")), "test volumes (paper selection)"
         else:
-            train, val = hold_out(train, config.val_fraction, config.seed)
-            source = f"{len({volume_id(c) for c in val.case_ids})} training cases held out (seed {config.seed})"
+            train, val = selection_split(train, config)
+            source = selection_source(config, val, "{count} training cases held out (seed {seed})")
         num_classes, channels = config.num_classes or 9, config.input_channels or 1
         names = config.label_names or default_label_names(num_classes)
     elif config.dataset == "nifti":
         train = readers.NiftiSlices(root)
-        train, val = hold_out(train, config.val_fraction, config.seed)
-        source = f"{len({volume_id(c) for c in val.case_ids})} imagesTr cases held out (seed {config.seed})"
+        train, val = selection_split(train, config)
+        source = selection_source(config, val, "{count} imagesTr cases held out (seed {seed})")
         names = config.label_names or readers.read_label_names(root)
         num_classes = config.num_classes or len(names)
         channels = config.input_channels or nifti_channel_count(root)
@@ -130,11 +184,12 @@ def prepare_training_data(config: TrainConfig) -> TrainingData:
         train = ClassFolder(root, "train", config.num_classes)
         num_classes, colours = train.num_classes, train.colours
         names = config.label_names or train.label_names
-        if isic_has_test(root) or config.paper_selection:
+        if not config.folds and (isic_has_test(root) or config.paper_selection):
             val, source = ClassFolder(root, "val", num_classes), "the val/ folder"
         else:
-            train, val = hold_out(train, config.val_fraction, config.seed)
-            source = f"{len(val)} images held out of train/ (seed {config.seed}); val/ is the evaluation split"
+            train, val = selection_split(train, config)
+            source = selection_source(config, val, "{count} images held out of train/ (seed {seed}); val/ is the "
+                                      "evaluation split")
         channels = config.input_channels or 3
     else:
         raise ValueError(f"dataset {config.dataset!r} has no folder reader; the demo builds its data in memory")
@@ -188,22 +243,22 @@ def evaluation_cases(config: TrainConfig, data_dir: str | Path | None, split: st
     if config.dataset == "isic":
         if split == "test":
             return "images", readers.IsicFolder(root, "test" if isic_has_test(root) else "val")
-        if isic_has_test(root) or config.paper_selection:
+        if not config.folds and (isic_has_test(root) or config.paper_selection):
             return "images", readers.IsicFolder(root, "val")
-        return "images", hold_out(readers.IsicFolder(root, "train"), config.val_fraction, config.seed)[1]
+        return "images", selection_split(readers.IsicFolder(root, "train"), config)[1]
     if config.dataset == "folders":
         from vmunet.data.folders import ClassFolder
 
         classes = config.num_classes
         if split == "test":
             return "images", ClassFolder(root, "test" if isic_has_test(root) else "val", classes)
-        if isic_has_test(root) or config.paper_selection:
+        if not config.folds and (isic_has_test(root) or config.paper_selection):
             return "images", ClassFolder(root, "val", classes)
-        return "images", hold_out(ClassFolder(root, "train", classes), config.val_fraction, config.seed)[1]
+        return "images", selection_split(ClassFolder(root, "train", classes), config)[1]
     if config.dataset == "synapse":
         if split == "test":
             return "volumes", readers.SynapseVolumes(root, "test_vol")
-        held = hold_out(readers.SynapseSlices(root, "train"), config.val_fraction, config.seed)[1]
+        held = selection_split(readers.SynapseSlices(root, "train"), config)[1]
         return "volumes", stack_slices(held)
     if config.dataset == "nifti":
         if split == "test":
@@ -211,10 +266,67 @@ def evaluation_cases(config: TrainConfig, data_dir: str | Path | None, split: st
                 raise ValueError(f"{root}: no labelsTs/ folder, so the test split cannot be scored; "
                                  "use --split val, or predict imagesTs/ with `vmunet predict`")
             return "volumes", readers.NiftiVolumes(root, subset="Ts")
-        held = hold_out(readers.NiftiSlices(root), config.val_fraction, config.seed)[1]
+        held = selection_split(readers.NiftiSlices(root), config)[1]
         wanted = sorted({volume_id(c) for c in held.case_ids})
         return "volumes", readers.NiftiVolumes(root, subset="Tr", case_ids=wanted)
     raise ValueError(f"dataset {config.dataset!r} cannot be evaluated from a folder")
+
+
+def _training_samples(config: TrainConfig, root: Path):
+    """('images' | 'volumes', the training split's 2D samples) of a folder dataset other than nifti."""
+    from vmunet import data as readers
+
+    if config.dataset == "isic":
+        return "images", readers.IsicFolder(root, "train")
+    if config.dataset == "folders":
+        from vmunet.data.folders import ClassFolder
+
+        return "images", ClassFolder(root, "train", config.num_classes)
+    if config.dataset == "synapse":
+        return "volumes", readers.SynapseSlices(root, "train")
+    raise ValueError(f"dataset {config.dataset!r} has no training cases in a folder")
+
+
+def training_cases(config: TrainConfig, data_dir: str | Path | None, case_ids: Sequence[str]):
+    """('images', 2D samples) or ('volumes', volume dicts) of the training split's cases named ``case_ids``
+    (image stems or volume names), in that order: what ``vmunet cv`` predicts out of fold. An id the data
+    does not hold is an error naming the folder."""
+    from vmunet import data as readers
+
+    config = TrainConfig(**{**config.__dict__, "data": str(data_dir) if data_dir else config.data})
+    root = require_data_dir(config)
+    wanted = list(case_ids)
+    if config.dataset == "nifti":
+        missing = sorted(set(wanted) - set(training_case_names(config, root)))
+        if missing:
+            raise ValueError(_missing_cases(root, missing))
+        return "volumes", readers.NiftiVolumes(root, subset="Tr", case_ids=wanted)
+    kind, samples = _training_samples(config, root)
+    groups = group_by_case(samples.case_ids)
+    missing = [c for c in wanted if c not in groups]
+    if missing:
+        raise ValueError(_missing_cases(root, missing))
+    chosen = Subset(samples, [i for c in wanted for i in groups[c]])
+    if kind == "images":
+        return kind, chosen
+    by_name = {volume["case_id"]: volume for volume in stack_slices(chosen)}
+    return kind, [by_name[c] for c in wanted]
+
+
+def _missing_cases(root: Path, missing: Sequence[str]) -> str:
+    more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+    return f"{root}: the training split has no case {', '.join(missing[:3])}{more}; the data changed since training"
+
+
+def training_case_names(config: TrainConfig, data_dir: str | Path | None) -> list[str]:
+    """Every case id of the training split, sorted (from the file listing; no image is read)."""
+    from vmunet import data as readers
+
+    config = TrainConfig(**{**config.__dict__, "data": str(data_dir) if data_dir else config.data})
+    root = require_data_dir(config)
+    if config.dataset == "nifti":
+        return sorted(readers.NiftiVolumes(root, subset="Tr").case_ids)
+    return case_names(_training_samples(config, root)[1])
 
 
 def stack_slices(samples: Sequence) -> list[dict]:

@@ -5,6 +5,7 @@
     RUN_DIR/checkpoints/last.pt  state_dict (official key names) + optimizer, scheduler, epoch, RNG, version
     RUN_DIR/checkpoints/best.pt  the same at the best validation score
     RUN_DIR/history.csv          one row per epoch
+    RUN_DIR/split.json           {"train": [case ids], "val": [case ids]}: the cases that trained and selected
     RUN_DIR/tensorboard/         TensorBoard event files
     RUN_DIR/eval/                summary.json and per_case.csv written by ``evaluate``
 """
@@ -176,10 +177,32 @@ def read_config_dict(run_dir: str | Path) -> dict:
     return read_yaml(read_text(path), str(path))
 
 
+SPLIT_FILE = "split.json"
+
+
+def write_split(run_dir: str | Path, train: list[str], val: list[str]) -> None:
+    write_text_atomic(Path(run_dir) / SPLIT_FILE, json.dumps({"train": train, "val": val}, indent=1) + "\n")
+
+
+def read_split(run_dir: str | Path) -> dict[str, list[str]]:
+    """split.json as {"train": [...], "val": [...]}; a missing or malformed file is an error naming it."""
+    path = Path(run_dir) / SPLIT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no split recorded (the run was trained before split.json existed)")
+    try:
+        split = json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not (isinstance(split, dict) and all(isinstance(split.get(key), list) and
+                                            all(isinstance(c, str) for c in split[key]) for key in ("train", "val"))):
+        raise ValueError(f"{path}: expected {{\"train\": [case ids], \"val\": [case ids]}}")
+    return {"train": split["train"], "val": split["val"]}
+
+
 def run_folder_files(run_dir: str | Path) -> list[Path]:
     """The files that make a run folder (never an output of predict or export)."""
     run_dir = Path(run_dir)
-    return [run_dir / "config.yaml", run_dir / "run.json", run_dir / "history.csv",
+    return [run_dir / "config.yaml", run_dir / "run.json", run_dir / "history.csv", run_dir / SPLIT_FILE,
             *sorted(checkpoint_dir(run_dir).glob("*.pt"))]
 
 
