@@ -47,6 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "num_workers": args.num_workers, "accumulate": args.accumulate,
                  "paper_selection": True if args.paper_selection else None,
                  "detect_anomaly": True if args.detect_anomaly else None, "folds": args.folds, "fold": args.fold}
+    overrides.update(loss_weights=args.loss_weights, deterministic=True if args.deterministic else None)
     config, given = resolve_config(args.preset, args.config, overrides, args.set)
     # --resume continues the run as saved: only what was typed is compared with it (see vmunet.train)
     result = train(config, args.run_dir, resume=args.resume, progress=not args.no_progress,
@@ -98,6 +99,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--pretrained", metavar="PATH", help="VMamba ImageNet checkpoint for the encoder and decoder")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="mixed precision (bf16, or fp16 with a scaler on old GPUs)")
+    p.add_argument("--loss-weights", type=float, nargs=2, metavar=("W_CE", "W_DICE"),
+                   help="weights of the BCE (one class) or CE term and of the Dice term (default 1 1)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms and cuDNN settings: a run that repeats exactly (slower on GPUs)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from checkpoints/last.pt")
     p.add_argument("--seed", type=int, help="seed of everything random (default 42)")
     p.add_argument("--num-workers", type=int, help="data loader worker processes (default 0)")

@@ -60,6 +60,12 @@ class TrainConfig:
     drop_path_rate: float | None = None  # None: the model preset's (paper: 0.2)
     dist_timeout_minutes: float = 30.0  # a dead rank fails the job after this long instead of hanging
     detect_anomaly: bool = False
+    # The papers' lambda: weights of the two loss terms, BCE (one class) or CE (several), then Dice.
+    loss_weights: tuple[float, float] = (1.0, 1.0)
+    # Deterministic algorithms and cuDNN settings (vmunet.runtime.device.deterministic_algorithms).
+    deterministic: bool = False
+    # Normalised surface Dice tolerance: mm when the case has a spacing, pixels/voxels otherwise.
+    nsd_tolerance_mm: float = 1.0
 
     def validate(self) -> TrainConfig:
         checks = [
@@ -87,6 +93,10 @@ class TrainConfig:
             (all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1) (got {list(self.betas)})"),
             (self.num_workers >= 0, f"num_workers must be >= 0 (got {self.num_workers})"),
             (self.dist_timeout_minutes > 0, f"dist_timeout_minutes must be > 0 (got {self.dist_timeout_minutes})"),
+            (all(w >= 0 for w in self.loss_weights) and any(w > 0 for w in self.loss_weights),
+             f"loss_weights must be two numbers >= 0, not both 0 (BCE or CE, then Dice; got "
+             f"{list(self.loss_weights)})"),
+            (self.nsd_tolerance_mm >= 0, f"nsd_tolerance_mm must be >= 0 (got {self.nsd_tolerance_mm})"),
             *fold_checks(self),
         ]
         for ok, message in checks:
@@ -96,8 +106,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
-        data["betas"] = list(self.betas)
-        return data
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
 
 
 def fold_checks(config: TrainConfig) -> list[tuple[bool, str]]:
@@ -155,10 +164,10 @@ def apply_values(config: TrainConfig, values: dict, source: str) -> TrainConfig:
     return config
 
 
-def _describe(kind) -> str:
+def _describe(kind, key: str) -> str:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin is tuple:
-        return f"a list of {len(args)} numbers, e.g. {list(TrainConfig().betas)}"
+        return f"a list of {len(args)} numbers, e.g. {list(getattr(TrainConfig(), key))}"
     if origin is list:
         return "a list of strings"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
@@ -192,7 +201,7 @@ def coerce(key: str, value, source: str):
     elif kind is str and (isinstance(value, str) or number):
         converted = str(value)
     if converted is _MISSING:
-        raise ValueError(f"{source}: {key} must be {_describe(kind)} (got {value!r})")
+        raise ValueError(f"{source}: {key} must be {_describe(kind, key)} (got {value!r})")
     return converted
 
 

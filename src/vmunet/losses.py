@@ -73,8 +73,12 @@ class CeDiceLoss(nn.Module):
             return self.ce_weight * ce + self.dice_weight * (1 - dice).mean()
 
 
-def build_loss(num_classes: int) -> nn.Module:
-    """The paper's loss for ``num_classes``: BCE + Dice for 1 (sigmoid), CE + Dice for 2 or more (softmax)."""
+def build_loss(num_classes: int, weights: tuple[float, float] = (1.0, 1.0)) -> nn.Module:
+    """The paper's loss for ``num_classes``: BCE + Dice for 1 (sigmoid), CE + Dice for 2 or more (softmax).
+
+    ``weights``: (BCE or CE weight, Dice weight), the config's ``loss_weights`` (the papers' lambda; 1, 1).
+    """
+    first, dice = (float(w) for w in weights)
     if num_classes == 1:
-        return BceDiceLoss()
-    return CeDiceLoss(num_classes)
+        return BceDiceLoss(bce_weight=first, dice_weight=dice)
+    return CeDiceLoss(num_classes, ce_weight=first, dice_weight=dice)

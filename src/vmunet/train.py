@@ -32,7 +32,8 @@ from vmunet.data.transforms import recipe_interpolation
 from vmunet.ops.workspace import scan_workspace
 from vmunet.data.splits import TrainingData, case_names, prepare_training_data
 from vmunet.models import create_model, load_pretrained_vmamba
-from vmunet.runtime.device import autocast, is_out_of_memory, needs_grad_scaler, progress_bar, seed_everything
+from vmunet.runtime.device import (autocast, deterministic_algorithms, is_nondeterministic_op, is_out_of_memory,
+                                   needs_grad_scaler, progress_bar, seed_everything)
 from vmunet.runtime.distributed import (DistInfo, EpochSampler, all_finite, barrier, check_replicas_in_sync,
                                         init_distributed, mean_over_ranks, shutdown_distributed)
 from vmunet.runtime.run_folder import (LOCK_FILE, SPLIT_FILE, RunFolderLock, RunInfo, checkpoint_dir,
@@ -163,7 +164,8 @@ def build_datasets(config: TrainConfig, data: TrainingData):
 
 # What a --resume may change: where the data is, how long the run goes, and how this machine runs it. Everything
 # else (batch size, image size, lr, augmentation, ...) would make the resumed run another run.
-RESUME_CHANGEABLE = ("epochs", "data", "device", "num_workers", "detect_anomaly", "dist_timeout_minutes")
+RESUME_CHANGEABLE = ("epochs", "data", "device", "num_workers", "detect_anomaly", "dist_timeout_minutes",
+                     "deterministic")
 PATH_KEYS = ("data", "pretrained")
 
 
@@ -315,7 +317,8 @@ def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, d
         data = data or prepare_training_data(config)
     try:
         try:
-            return _fit(config, run_dir, resume, data, progress, echo, dist_info, device)
+            with deterministic_algorithms(config.deterministic):
+                return _fit(config, run_dir, resume, data, progress, echo, dist_info, device)
         except NonFiniteLossError as error:
             last = checkpoint_dir(run_dir) / "last.pt"
             kept = (f"{last} of epoch {load_checkpoint(last).get('epoch')} is kept" if last.is_file()
@@ -323,6 +326,9 @@ def _train(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, d
             raise NonFiniteLossError(f"{error}; stopped without saving ({kept}); try a lower lr, no --amp, or "
                                      "--detect-anomaly to find the operation") from None
         except Exception as error:
+            if is_nondeterministic_op(error):
+                raise ValueError(f"--deterministic: {str(error).splitlines()[0]} (train on the CPU, or without "
+                                 "--deterministic)") from None
             if not is_out_of_memory(error):
                 raise
             raise MemoryError(f"out of memory on {device} training {config.model} at image_size "
@@ -348,7 +354,7 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, config.amp) else None
     from vmunet.losses import build_loss
 
-    loss_fn = build_loss(data.num_classes)
+    loss_fn = build_loss(data.num_classes, config.loss_weights)
 
     start_epoch, best_score, best_epoch = 0, -math.inf, None
     if resume:  # every rank loads the same checkpoint

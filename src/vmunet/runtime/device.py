@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 
 import numpy as np
@@ -64,6 +65,42 @@ def seed_everything(seed: int, epoch: int = 0) -> None:
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)
+
+
+# cuBLAS's documented setting for reproducible results (CUDA >= 10.2); ":16:8" is the other valid one.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool):
+    """While active: ``torch.use_deterministic_algorithms(True)``, ``cudnn.deterministic = True``,
+    ``cudnn.benchmark = False`` and ``CUBLAS_WORKSPACE_CONFIG`` (unless already set); the previous state
+    afterwards. An op with no deterministic implementation then raises instead of running differently each time.
+
+    cuBLAS reads the variable when PyTorch creates its first handle, so enter this before the first CUDA
+    matmul of the process (training does, before building the model). ``enabled=False`` changes nothing.
+    """
+    if not enabled:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace or CUBLAS_WORKSPACE
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
+def is_nondeterministic_op(error: BaseException) -> bool:
+    """The error PyTorch raises for an op without a deterministic implementation under deterministic mode."""
+    return isinstance(error, RuntimeError) and "does not have a deterministic implementation" in str(error)
 
 
 def progress_bar(iterable, total: int, description: str, enabled: bool):
