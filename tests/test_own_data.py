@@ -213,7 +213,7 @@ def test_folders_train_evaluate_predict_end_to_end(tmp_path, capsys):
     assert main(["evaluate", "--run-dir", str(run), "--split", "test", "--no-progress"]) == 0
     summary = json.loads((run / "eval" / "summary.json").read_text())
     assert summary["cases"] == 2 and set(summary["per_class"]) == {"tumour", "organ"}
-    assert set(summary["per_class"]["organ"]) == {"dice", "iou", "hd95"}
+    assert set(summary["per_class"]["organ"]) == {"dice", "iou", "hd95", "nsd"}
     header = next(csv.reader(open(run / "eval" / "per_case.csv")))
     assert header[:3] == ["case_id", "dice_tumour", "dice_organ"] and "iou_organ" in header
     assert main(["predict", "--run-dir", str(run), str(root / "test" / "images"), "--out", str(tmp_path / "out"),

@@ -10,6 +10,8 @@ array edges counting as background; distances from each surface to the other, bo
 95th percentile with linear interpolation) but finds nearest surface voxels with a k-d tree over the surface
 points, which is exact and much faster than a distance transform of the whole volume.
 ``hd95_ref`` is the direct distance-transform transcription, kept as the obviously-correct twin for tests.
+``nsd`` (normalised surface Dice at a tolerance) counts the same surface voxels and distances, as MONAI's
+``SurfaceDiceMetric`` does by default.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 BINARY_KEYS = ("miou", "dsc", "acc", "spe", "sen")
+# Default NSD tolerance: one voxel at the ~1 mm in-plane spacing of CT/MRI, one pixel for images without a spacing
+# (a border one pixel off still counts, two pixels off does not). Config key ``nsd_tolerance_mm``.
+NSD_TOLERANCE_MM = 1.0
 
 
 # ---------------------------------------------------------------- overlap
@@ -232,6 +237,33 @@ def hd95(pred, gt, spacing=None) -> float:
     return float(np.percentile(np.concatenate([d_pred, d_gt]), 95))
 
 
+def nsd(pred, gt, tolerance_mm: float, spacing=None) -> float:
+    """Normalised surface Dice: the fraction of both surfaces that lies within ``tolerance_mm`` of the other,
+    ``(|{d_pred <= tau}| + |{d_gt <= tau}|) / (|d_pred| + |d_gt|)``.
+
+    MONAI's ``compute_surface_dice`` (``SurfaceDiceMetric``, ``use_subvoxels=False``, Euclidean distances):
+    every border voxel counts once (``surface``: mask XOR its connectivity-1 erosion, the voxels HD95 uses), its
+    distance to the nearest border voxel of the other mask is spacing-aware, and "within" is ``<=``. DeepMind's
+    surface-distance ``compute_surface_dice_at_tolerance`` has the same formula but weights each surface element
+    by its area (marching-cubes surfels); on anisotropic grids the two differ somewhat. ``spacing``: a number or
+    one value per axis, ``None`` gives voxels (then the tolerance is in voxels too).
+
+    Empty masks (MONAI's rule): both empty -> NaN (no surface at all); exactly one empty -> 0.
+    """
+    if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
+        raise ValueError(f"NSD tolerance must be a finite number >= 0 (got {tolerance_mm})")
+    pred, gt = _mask(pred), _mask(gt)
+    _check_shapes(pred, gt)
+    has_pred, has_gt = bool(pred.any()), bool(gt.any())
+    if not has_pred and not has_gt:
+        return math.nan
+    if not has_pred or not has_gt:
+        return 0.0
+    d_pred, d_gt = surface_distances(pred, gt, spacing)
+    within = np.count_nonzero(d_pred <= tolerance_mm) + np.count_nonzero(d_gt <= tolerance_mm)
+    return float(within / (d_pred.size + d_gt.size))
+
+
 def hd95_ref(pred, gt, spacing=None) -> float:
     """medpy's algorithm transcribed: scipy erosion and a Euclidean distance transform of the whole array."""
     pred, gt = _mask(pred), _mask(gt)
@@ -249,42 +281,47 @@ def hd95_ref(pred, gt, spacing=None) -> float:
 
 
 def synapse_case_metrics(pred_labels, gt_labels, num_classes: int, spacing=None, strict: bool = False,
-                         case_id: str | None = None) -> dict:
-    """Per-class DSC and HD95 of one case for classes 1..num_classes-1: ``{"dice": [...], "hd95": [...]}``.
+                         case_id: str | None = None, nsd_tolerance_mm: float = NSD_TOLERANCE_MM) -> dict:
+    """Per-class DSC, HD95 and NSD of one case for classes 1..num_classes-1:
+    ``{"dice": [...], "hd95": [...], "nsd": [...]}``.
 
     The protocol's rules (TransUNet's ``calculate_metric_percase``, used by the paper): prediction and ground
     truth both non-empty -> dice, hd95; prediction non-empty and ground truth empty -> 1, 0; prediction empty
     -> 0, 0. ``strict=True`` reports an organ absent from the ground truth as NaN, NaN instead, and the HD95 of
-    a missed organ (empty prediction) as NaN, since it is undefined rather than 0.
+    a missed organ (empty prediction) as NaN, since it is undefined rather than 0. NSD (at ``nsd_tolerance_mm``)
+    follows the DSC: ``nsd`` when both are non-empty, otherwise the value the DSC gets (1, 0 or NaN).
     """
     pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
     _check_shapes(pred_labels, gt_labels)
-    dices, hds = [], []
+    dices, hds, nsds = [], [], []
     for k in range(1, num_classes):
         pred, gt = pred_labels == k, gt_labels == k
         has_pred, has_gt = bool(pred.any()), bool(gt.any())
         if has_pred and has_gt:
-            d, h = dice(pred, gt), hd95(pred, gt, spacing)
+            d, h, s = dice(pred, gt), hd95(pred, gt, spacing), nsd(pred, gt, nsd_tolerance_mm, spacing)
         elif strict and not has_gt:
-            d, h = math.nan, math.nan
+            d, h, s = math.nan, math.nan, math.nan
         elif has_pred:  # the protocol rewards a prediction of an absent organ
-            d, h = 1.0, 0.0
+            d, h, s = 1.0, 0.0, 1.0
         else:
-            d, h = 0.0, (math.nan if strict else 0.0)
+            d, h, s = 0.0, (math.nan if strict else 0.0), 0.0
         dices.append(float(d))
         hds.append(float(h))
-    row = {"dice": dices, "hd95": hds}
+        nsds.append(float(s))
+    row = {"dice": dices, "hd95": hds, "nsd": nsds}
     if case_id is not None:
         row["case_id"] = case_id
     return row
 
 
-def binary_image_metrics(pred, gt, spacing=None, case_id: str | None = None) -> dict:
-    """DSC and HD95 of one 2D binary image (ISIC), as a row for ``summarize_cases``: ``{"dice": [d], "hd95": [h]}``.
+def binary_image_metrics(pred, gt, spacing=None, case_id: str | None = None,
+                         nsd_tolerance_mm: float = NSD_TOLERANCE_MM) -> dict:
+    """DSC, HD95 and NSD of one 2D binary image (ISIC), as a row for ``summarize_cases``:
+    ``{"dice": [d], "hd95": [h], "nsd": [s]}``.
 
     Empty-mask policy, the same as ``per_image_binary_metrics``'s default: truth and prediction both empty ->
-    DSC 1, HD95 0 (nothing to find, nothing wrongly found); exactly one of them empty -> DSC 0 (all of it
-    missed or all of it wrong) and HD95 NaN (no surface to measure to; left out of the HD95 means).
+    DSC 1, HD95 0, NSD 1 (nothing to find, nothing wrongly found); exactly one of them empty -> DSC 0, NSD 0 (all
+    of it missed or all of it wrong) and HD95 NaN (no surface to measure to; left out of the HD95 means).
     The Synapse rules of ``synapse_case_metrics`` (a prediction of an absent organ scores 1) are for organs
     of a volume, not for lesions of an image.
     """
@@ -292,42 +329,45 @@ def binary_image_metrics(pred, gt, spacing=None, case_id: str | None = None) -> 
     _check_shapes(pred, gt)
     has_pred, has_gt = bool(pred.any()), bool(gt.any())
     if has_pred and has_gt:
-        d, h = dice(pred, gt), hd95(pred, gt, spacing)
+        d, h, s = dice(pred, gt), hd95(pred, gt, spacing), nsd(pred, gt, nsd_tolerance_mm, spacing)
     elif not has_pred and not has_gt:
-        d, h = 1.0, 0.0
+        d, h, s = 1.0, 0.0, 1.0
     else:
-        d, h = 0.0, math.nan
-    row = {"dice": [float(d)], "hd95": [float(h)]}
+        d, h, s = 0.0, math.nan, 0.0
+    row = {"dice": [float(d)], "hd95": [float(h)], "nsd": [float(s)]}
     if case_id is not None:
         row["case_id"] = case_id
     return row
 
 
 def multiclass_image_metrics(pred_labels, gt_labels, num_classes: int, spacing=None,
-                             case_id: str | None = None) -> dict:
-    """Per-class DSC, IoU and HD95 of one 2D image of class ids, classes 1..num_classes-1:
-    ``{"dice": [...], "iou": [...], "hd95": [...]}``.
+                             case_id: str | None = None, nsd_tolerance_mm: float = NSD_TOLERANCE_MM) -> dict:
+    """Per-class DSC, IoU, HD95 and NSD of one 2D image of class ids, classes 1..num_classes-1:
+    ``{"dice": [...], "iou": [...], "hd95": [...], "nsd": [...]}``.
 
-    Empty masks per class: absent from both truth and prediction -> NaN for all three (the class is not in
-    this image; left out of every mean, as nnU-Net does); absent from exactly one -> DSC 0, IoU 0, HD95 NaN.
+    Empty masks per class: absent from both truth and prediction -> NaN for all four (the class is not in
+    this image; left out of every mean, as nnU-Net does); absent from exactly one -> DSC 0, IoU 0, HD95 NaN,
+    NSD 0.
     """
     pred_labels, gt_labels = np.asarray(pred_labels), np.asarray(gt_labels)
     _check_shapes(pred_labels, gt_labels)
-    dices, ious, hds = [], [], []
+    dices, ious, hds, nsds = [], [], [], []
     for k in range(1, num_classes):
         pred, gt = pred_labels == k, gt_labels == k
         has_pred, has_gt = bool(pred.any()), bool(gt.any())
         if has_pred and has_gt:
             tp, fp, fn, _ = confusion_counts(pred, gt)
             d, i, h = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn), hd95(pred, gt, spacing)
+            s = nsd(pred, gt, nsd_tolerance_mm, spacing)
         elif has_pred or has_gt:
-            d, i, h = 0.0, 0.0, math.nan
+            d, i, h, s = 0.0, 0.0, math.nan, 0.0
         else:
-            d, i, h = math.nan, math.nan, math.nan
+            d, i, h, s = math.nan, math.nan, math.nan, math.nan
         dices.append(float(d))
         ious.append(float(i))
         hds.append(float(h))
-    row = {"dice": dices, "iou": ious, "hd95": hds}
+        nsds.append(float(s))
+    row = {"dice": dices, "iou": ious, "hd95": hds, "nsd": nsds}
     if case_id is not None:
         row["case_id"] = case_id
     return row
@@ -335,20 +375,21 @@ def multiclass_image_metrics(pred_labels, gt_labels, num_classes: int, spacing=N
 
 # What each field of an evaluation summary does with empty masks (written into eval/summary.json).
 IMAGE_POLICY = {
-    "per_case, per_class, mean_dice, mean_hd95": "per image (binary_image_metrics): truth and prediction both "
-    "empty -> DSC 1, HD95 0; one of them empty -> DSC 0, HD95 NaN (left out of the HD95 means)",
+    "per_case, per_class, mean_dice, mean_hd95, mean_nsd": "per image (binary_image_metrics): truth and prediction "
+    "both empty -> DSC 1, HD95 0, NSD 1; one of them empty -> DSC 0, HD95 NaN (left out of the HD95 means), NSD 0",
     "per_image_mean": "per image, then the mean: a ratio with a zero denominator is 1 (DSC and mIoU of "
     "empty/empty, sensitivity of an empty truth, specificity of an all-foreground truth)",
     "pooled": "pixels counted over all images, then the ratios (the paper's numbers); a zero denominator is 0",
 }
 MULTICLASS_IMAGE_POLICY = {
-    "per_case, per_class, mean_dice, mean_iou, mean_hd95": "per image and class (multiclass_image_metrics): a "
-    "class absent from both truth and prediction -> NaN (left out of every mean); absent from exactly one -> "
-    "DSC 0, IoU 0, HD95 NaN (left out of the HD95 means)",
+    "per_case, per_class, mean_dice, mean_iou, mean_hd95, mean_nsd": "per image and class "
+    "(multiclass_image_metrics): a class absent from both truth and prediction -> NaN (left out of every mean); "
+    "absent from exactly one -> DSC 0, IoU 0, HD95 NaN (left out of the HD95 means), NSD 0",
 }
 VOLUME_POLICY = {
-    "per_case, per_class, mean_dice, mean_hd95": "the Synapse protocol per organ (synapse_case_metrics): both "
-    "non-empty -> DSC, HD95; organ absent from the truth but predicted -> 1, 0; organ not predicted -> 0, 0",
+    "per_case, per_class, mean_dice, mean_hd95, mean_nsd": "the Synapse protocol per organ (synapse_case_metrics): "
+    "both non-empty -> DSC, HD95, NSD; organ absent from the truth but predicted -> 1, 0, 1; organ not predicted "
+    "-> 0, 0, 0",
 }
 
 
@@ -391,8 +432,8 @@ def summarize_cases(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
 
 
 def _metric_keys(rows: Sequence[dict]) -> list[str]:
-    """"dice", then "iou" when the rows have it (multi-class images), then "hd95"."""
-    return ["dice", "iou", "hd95"] if "iou" in rows[0] else ["dice", "hd95"]
+    """"dice", then "iou" when the rows have it (multi-class images), then "hd95", then "nsd" when they have it."""
+    return [key for key in ("dice", "iou", "hd95", "nsd") if key in rows[0]]
 
 
 def write_per_case_csv(path: str | Path, rows: Sequence[dict], class_names: Sequence[str]) -> None:
@@ -410,16 +451,18 @@ def write_per_case_csv(path: str | Path, rows: Sequence[dict], class_names: Sequ
 
 
 def format_table(rows: Sequence[dict], class_names: Sequence[str], per_case: bool = False) -> str:
-    """A printable table: DSC (%) and HD95 per organ and their mean; optionally the per-case means too."""
+    """A printable table: DSC (%), HD95 (and IoU, NSD (%) when the rows have them) per organ and their mean;
+    optionally the per-case means too."""
     summary = summarize_cases(rows, class_names)
     width = max(len("mean"), *(len(n) for n in summary["class_names"]),
                 *(len(c["case_id"]) for c in summary["per_case"])) + 2
-    iou = "iou" in rows[0]
-    lines = [f"{'organ':<{width}}{'DSC (%)':>9}" + (f"{'IoU (%)':>9}" if iou else "") + f"{'HD95':>9}"]
+    iou, surface_dice = "iou" in rows[0], "nsd" in rows[0]
+    lines = [f"{'organ':<{width}}{'DSC (%)':>9}" + (f"{'IoU (%)':>9}" if iou else "") + f"{'HD95':>9}"
+             + (f"{'NSD (%)':>9}" if surface_dice else "")]
     for name, v in [*summary["per_class"].items(), ("mean", {k[5:]: v for k, v in summary.items()
                                                              if k.startswith("mean_")})]:
         lines.append(f"{name:<{width}}{100 * v['dice']:>9.2f}" + (f"{100 * v['iou']:>9.2f}" if iou else "")
-                     + f"{v['hd95']:>9.2f}")
+                     + f"{v['hd95']:>9.2f}" + (f"{100 * v['nsd']:>9.2f}" if surface_dice else ""))
     if per_case:
         lines += ["", f"{'case':<{width}}{'DSC (%)':>9}{'HD95':>9}"]
         lines += [f"{c['case_id']:<{width}}{100 * c['dice']:>9.2f}{c['hd95']:>9.2f}" for c in summary["per_case"]]
