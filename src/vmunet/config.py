@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-DATASETS = ("isic", "synapse", "nifti", "folders", "demo")
+DATASETS = ("isic", "synapse", "nifti", "folders", "polyp", "demo")
 AUGMENTATIONS = ("isic", "synapse", "none")
 NORMALIZATIONS = ("minmax255", "none", "zscore")
 
@@ -21,7 +21,7 @@ NORMALIZATIONS = ("minmax255", "none", "zscore")
 class TrainConfig:
     """Everything a run needs; saved resolved as ``config.yaml`` in the run folder."""
 
-    dataset: str = "isic"  # reader: isic | synapse | nifti | folders | demo
+    dataset: str = "isic"  # reader: isic | synapse | nifti | folders | polyp | demo
     data: str | None = None  # dataset folder
     model: str = "vmunet"  # model preset: vmunet | vmunet-tiny
     num_classes: int | None = None  # None: from the dataset (nifti: dataset.json)

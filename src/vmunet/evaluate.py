@@ -6,6 +6,7 @@
 - Volumes (Synapse, NIfTI, the demo): slice-wise prediction along the first axis, probabilities resized
   back to the slice size, argmax, then per-organ DSC and HD95 per case (HD95 in mm when the spacing is
   known, in voxels otherwise, as the Synapse protocol), mean over organs and cases.
+- Polyp sets (PraNet's layout): each test set scored on its own with the field's metrics (``vmunet.evaluate_polyp``).
 
 Empty masks: each field of ``summary.json`` follows one stated rule, written beside it as
 ``empty_mask_policy`` (``vmunet.metrics.IMAGE_POLICY`` for binary images, ``VOLUME_POLICY`` for volumes).
@@ -35,6 +36,10 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
     classes = max(info.num_classes, 2)  # one sigmoid output = background + lesion
     names = info.label_names if len(info.label_names) == classes else default_names(classes)
     predictor = Predictor(model, info, device=device, batch_size=batch_size)  # the path `vmunet predict` takes
+    if kind == "polyp":  # {set name: samples}, each set on its own with the polyp metrics
+        from vmunet.evaluate_polyp import evaluate_polyp_sets
+
+        return evaluate_polyp_sets(predictor, cases, progress)
     rows, masks, truths = [], [], []
     for index in progress_bar(range(len(cases)), len(cases), f"evaluating {kind}", progress):
         case = cases[index]
@@ -88,7 +93,8 @@ def write_evaluation(run_dir: str | Path, evaluation: dict) -> None:
     eval_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(eval_dir / "summary.json", json.dumps(evaluation["summary"], indent=2, default=float) + "\n")
     partial = eval_dir / ".per_case.csv.tmp"
-    metrics.write_per_case_csv(partial, evaluation["rows"], evaluation["class_names"])
+    write_rows = evaluation.get("write_per_case_csv", metrics.write_per_case_csv)  # the polyp protocol: its own
+    write_rows(partial, evaluation["rows"], evaluation["class_names"])
     os.replace(partial, eval_dir / "per_case.csv")
 
 

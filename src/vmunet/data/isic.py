@@ -63,16 +63,20 @@ def _check_mask_formats(mask_dir: Path) -> None:
                                                                 if len(lossy) > 1 else ""))
 
 
-def pair_by_stem(image_dir: Path, mask_dir: Path) -> list[tuple[str, Path, Path]]:
-    """``(case_id, image, mask)`` triples sorted by case id; any unpaired or ambiguous file is an error."""
+def pair_by_stem(image_dir: Path, mask_dir: Path, lossy_masks: bool = False) -> list[tuple[str, Path, Path]]:
+    """``(case_id, image, mask)`` triples sorted by case id; any unpaired or ambiguous file is an error.
+
+    ``lossy_masks`` accepts JPEG masks, for protocols that binarise masks at a threshold (the polyp benchmark's
+    Kvasir-SEG masks are JPEGs); elsewhere a JPEG mask is an error."""
     images: dict[str, Path] = {}
     for path in _list_files(image_dir, IMAGE_SUFFIXES):
         if path.stem in images:
             raise ValueError(f"{path}: two images share the stem {path.stem!r} (also {images[path.stem]})")
         images[path.stem] = path
-    _check_mask_formats(mask_dir)
+    if not lossy_masks:
+        _check_mask_formats(mask_dir)
     masks: dict[str, Path] = {}
-    for path in _list_files(mask_dir, MASK_SUFFIXES):
+    for path in _list_files(mask_dir, MASK_SUFFIXES | LOSSY_MASK_SUFFIXES if lossy_masks else MASK_SUFFIXES):
         key = _mask_key(path.stem)
         if key in masks:
             raise ValueError(f"{path}: two masks pair with case {key!r} (also {masks[key]})")

@@ -191,6 +191,12 @@ def prepare_training_data(config: TrainConfig) -> TrainingData:
             source = selection_source(config, val, "{count} images held out of train/ (seed {seed}); val/ is the "
                                       "evaluation split")
         channels = config.input_channels or 3
+    elif config.dataset == "polyp":
+        train, val = selection_split(polyp_training_folder(config, root), config)
+        source = selection_source(config, val, "{count} images held out of TrainDataset/ (seed {seed}); the "
+                                  "TestDataset/ sets are never seen in training or selection")
+        num_classes, channels = 1, config.input_channels or 3
+        names = config.label_names or ["background", "polyp"]
     else:
         raise ValueError(f"dataset {config.dataset!r} has no folder reader; the demo builds its data in memory")
     if len(train) == 0:
@@ -233,7 +239,8 @@ def slices_of(volumes) -> SliceList:
 
 
 def evaluation_cases(config: TrainConfig, data_dir: str | Path | None, split: str):
-    """('images', 2D samples) or ('volumes', volume dicts) of the requested split."""
+    """('images', 2D samples) or ('volumes', volume dicts) of the requested split; ('polyp', {set name: 2D
+    samples}) for the polyp layout."""
     from vmunet import data as readers
 
     if split not in ("val", "test"):
@@ -269,7 +276,26 @@ def evaluation_cases(config: TrainConfig, data_dir: str | Path | None, split: st
         held = selection_split(readers.NiftiSlices(root), config)[1]
         wanted = sorted({volume_id(c) for c in held.case_ids})
         return "volumes", readers.NiftiVolumes(root, subset="Tr", case_ids=wanted)
+    if config.dataset == "polyp":  # {set name: 2D samples}: each set is scored on its own
+        from vmunet.data.polyp import polyp_test_sets
+
+        if split == "test":
+            return "polyp", polyp_test_sets(root)
+        return "polyp", {"TrainDataset (held out)": selection_split(polyp_training_folder(config, root), config)[1]}
     raise ValueError(f"dataset {config.dataset!r} cannot be evaluated from a folder")
+
+
+def polyp_training_folder(config: TrainConfig, root: Path):
+    """TrainDataset/ of the polyp layout. The official VM-UNetV2 code chooses its checkpoint on the test sets;
+    there is no paper selection to restore here, and the model is binary (one sigmoid output)."""
+    from vmunet.data.polyp import PolypFolder
+
+    if config.paper_selection:
+        raise ValueError("paper_selection: the polyp preset selects on held-out TrainDataset images only (the "
+                         "official code's selection on the test sets is the defect it fixes)")
+    if config.num_classes not in (None, 1):
+        raise ValueError(f"the polyp protocol is binary: num_classes must be 1 (got {config.num_classes})")
+    return PolypFolder.train(root)
 
 
 def _training_samples(config: TrainConfig, root: Path):
@@ -282,6 +308,8 @@ def _training_samples(config: TrainConfig, root: Path):
         from vmunet.data.folders import ClassFolder
 
         return "images", ClassFolder(root, "train", config.num_classes)
+    if config.dataset == "polyp":
+        return "images", polyp_training_folder(config, root)
     if config.dataset == "synapse":
         return "volumes", readers.SynapseSlices(root, "train")
     raise ValueError(f"dataset {config.dataset!r} has no training cases in a folder")

@@ -1,0 +1,111 @@
+"""The polyp benchmark in PraNet's layout: ``DATA/TrainDataset/{images,masks}/`` and
+``DATA/TestDataset/<set>/{images,masks}/`` for any set names (CVC-300, CVC-ClinicDB, Kvasir, CVC-ColonDB,
+ETIS-LaribPolypDB). ``image/`` and ``mask/`` (singular) are read too.
+
+Images and masks are paired by stem whatever their endings (.png, .jpg, .tif: a Kvasir-SEG mask may be a JPEG,
+and an image .tif with a .png mask). Masks are read as grey (colour and palette masks through their luminance)
+and binarised at 128 (foreground > 128, as the evaluation toolboxes), so JPEG noise around 0 and 255 does not
+matter; a mask holding only the values 0 and 1 is read as 0/1 (it would otherwise be all background).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vmunet.data.checks import check_same_shape
+from vmunet.data.isic import pair_by_stem
+from vmunet.data.readers import read_image, read_rgb_image
+
+TRAIN_FOLDER, TEST_FOLDER = "TrainDataset", "TestDataset"
+MASK_THRESHOLD = 128
+
+
+def read_polyp_mask(path: Path) -> np.ndarray:
+    """(H, W) int64 in {0, 1}: grey value > 128 is the polyp (0/1 masks: 1 is)."""
+    grey = read_image(path, "L")  # RGB, RGBA, P, 1 and 16-bit masks all through their grey value
+    if grey.ndim != 2:
+        raise ValueError(f"{path}: mask has shape {grey.shape}, expected a single-channel image")
+    if grey.max(initial=0) == 1:
+        return grey.astype(np.int64)
+    return (grey > MASK_THRESHOLD).astype(np.int64)
+
+
+def _subfolder(folder: Path, names: tuple[str, str]) -> Path:
+    for name in names:
+        if (folder / name).is_dir():
+            return folder / name
+    raise FileNotFoundError(f"{folder / names[0]}: folder not found (the polyp layout: {folder.name}/images/ and "
+                            f"{folder.name}/masks/)")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) from the file's header, without decoding it."""
+    try:
+        with Image.open(path) as img:
+            return img.size[1], img.size[0]
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        size = path.stat().st_size if path.exists() else None
+        what = "empty file (0 bytes)" if size == 0 else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: cannot read image: {what}") from None
+
+
+class PolypFolder:
+    """One folder of the layout (TrainDataset, or one test set) as 2D samples: ``sample["image"]`` float32
+    (H, W, 3), ``sample["label"]`` int64 (H, W) in {0, 1}, ``case_id`` the stem.
+
+    The pairs are checked when the folder is opened (unpaired files; image and mask sizes, from the headers),
+    so a bad file stops training or evaluation before anything is written."""
+
+    def __init__(self, folder: str | Path, name: str | None = None):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"{self.folder}: folder not found")
+        self.name = name or self.folder.name
+        image_dir = _subfolder(self.folder, ("images", "image"))
+        mask_dir = _subfolder(self.folder, ("masks", "mask"))
+        self.items = pair_by_stem(image_dir, mask_dir, lossy_masks=True)
+        if not self.items:
+            raise ValueError(f"{image_dir}: no images")
+        for _, image_path, mask_path in self.items:
+            check_same_shape(_image_size(image_path), _image_size(mask_path), f"{image_path} and {mask_path}")
+
+    @classmethod
+    def train(cls, root: str | Path) -> PolypFolder:
+        root = Path(root)
+        if not (root / TRAIN_FOLDER).is_dir():
+            raise FileNotFoundError(f"{root / TRAIN_FOLDER}: folder not found (the polyp layout: {TRAIN_FOLDER}/"
+                                    f"{{images,masks}}/ and {TEST_FOLDER}/<set>/{{images,masks}}/)")
+        return cls(root / TRAIN_FOLDER)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [case_id for case_id, _, _ in self.items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        case_id, image_path, mask_path = self.items[index]
+        image = read_rgb_image(image_path)  # (H, W, 3)
+        label = read_polyp_mask(mask_path)  # (H, W)
+        check_same_shape(image.shape[:2], label.shape, f"{image_path} and {mask_path}")
+        return {"image": image, "label": label, "case_id": case_id}
+
+    def __repr__(self) -> str:
+        return f"PolypFolder({str(self.folder)!r}: {len(self)} images)"
+
+
+def polyp_test_sets(root: str | Path) -> dict[str, PolypFolder]:
+    """Every set of ``DATA/TestDataset/``, by name in sorted order; a missing or empty TestDataset is an error."""
+    test_dir = Path(root) / TEST_FOLDER
+    if not test_dir.is_dir():
+        raise FileNotFoundError(f"{test_dir}: folder not found (the polyp test sets: {TEST_FOLDER}/<set>/"
+                                "{images,masks}/, e.g. Kvasir, CVC-ClinicDB)")
+    sets = {path.name: PolypFolder(path) for path in sorted(test_dir.iterdir())
+            if path.is_dir() and not path.name.startswith(".")}
+    if not sets:
+        raise ValueError(f"{test_dir}: no test sets (expected {TEST_FOLDER}/<set>/{{images,masks}}/)")
+    return sets
