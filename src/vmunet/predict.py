@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vmunet.data.dicom import DicomSeries, dicom_files, find_series, read_dicom_series
 from vmunet.data.readers import (input_kind, list_folder, output_stem, read_h5_volume, read_image_file,
                                  read_nifti_case, read_nifti_volume, read_sitk_volume, sitk_labels)
 from vmunet.inference import Prediction, Predictor
@@ -43,9 +44,9 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple
             raise FileNotFoundError(f"{path}: input not found")
         if path.is_dir():
             found = [p for p in list_folder(path) if input_kind(p)]
-            if not found:
+            if not found and not dicom_files(path):  # a DICOM folder's series: ``collect_series``
                 problems.append((path, "folder holds no PNG/JPG/TIFF/BMP images, NIfTI, .mha/.mhd/.nrrd or .h5 "
-                                       "volumes"))
+                                       "volumes, or DICOM series"))
             files.extend(found)
         elif input_kind(path) is None:
             problems.append((path, "unsupported file type (expected an image, .nii, .nii.gz, .mha, .mhd, .nrrd or "
@@ -53,6 +54,21 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple
         else:
             files.append(path)
     return list(dict.fromkeys(files)), problems
+
+
+def collect_series(inputs: Sequence[str | Path]) -> tuple[list[DicomSeries], list[tuple[Path, str]]]:
+    """The DICOM series of the folders among ``inputs``, each one input, and (folder, problem) for a folder
+    whose DICOM-looking files hold no series SimpleITK can read. A missing SimpleITK raises ImportError
+    (naming the ``itk`` extra) before anything runs."""
+    series, problems = [], []
+    for raw in dict.fromkeys(Path(p) for p in inputs):
+        if not raw.is_dir():
+            continue
+        try:
+            series.extend(find_series(raw))
+        except ValueError as error:
+            problems.append((raw, str(error).removeprefix(f"{raw}: ")))
+    return series, problems
 
 
 @dataclass
@@ -94,6 +110,7 @@ class _Job:
     output: Path
     stem: str
     channels: list[Path] | None = None  # a multi-channel NIfTI case's files, in channel order
+    series: DicomSeries | None = None  # a DICOM series (kind "sitk", path its folder)
 
 
 def group_channel_files(files: list[Path], channels: int) -> tuple[list[Path], dict[str, list[Path]],
@@ -126,10 +143,19 @@ def group_channel_files(files: list[Path], channels: int) -> tuple[list[Path], d
     return others, cases, problems
 
 
-def plan_outputs(files: list[Path], out_dir: Path, cases: dict[str, list[Path]] | None = None) -> list[_Job]:
+def plan_outputs(files: list[Path], out_dir: Path, cases: dict[str, list[Path]] | None = None,
+                 series: list[DicomSeries] | None = None) -> list[_Job]:
     """One label file per input, named by its stem (a multi-channel case: CASE.nii.gz, as nnU-Net names
-    it); two inputs that would write one file are an error."""
+    it; a DICOM series: <folder>.nii.gz, or <folder>_<SeriesInstanceUID>.nii.gz when the folder holds several);
+    two inputs that would write one file are an error."""
     jobs, seen = [], {}
+    for one in series or []:  # read and written through SimpleITK like an .mha volume, as NIfTI
+        output = out_dir / f"{one.stem}.nii.gz"
+        if output in seen:
+            raise ValueError(f"{one.folder}: would write {output}, as {seen[output]} does; predict them into "
+                             "separate --out folders")
+        seen[output] = one.folder
+        jobs.append(_Job(one.folder, "sitk", output, one.stem, series=one))
     for case, channel_files in (cases or {}).items():
         first = channel_files[0]
         output = out_dir / (case + (".nii.gz" if first.name.lower().endswith(".gz") else ".nii"))
@@ -207,7 +233,10 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     if channels > 1:
         files, cases, unpaired = group_channel_files(files, channels)
         problems += unpaired
-    jobs = plan_outputs(files, out_dir, cases)
+    series, unreadable = collect_series(inputs)  # DICOM folders: one input per series
+    problems += unreadable
+    inputs_read += [path for one in series for path in one.files]
+    jobs = plan_outputs(files, out_dir, cases, series)
     check_output_folder(out_dir)
     refuse_overwriting(planned_files(jobs, out_dir, overlay, save_probabilities, inputs_read),
                        inputs_read + run_folder_files(run_dir))
@@ -264,6 +293,8 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
                 volume, reference = read_nifti_case(job.channels, job.stem)  # (D, H, W, C)
             elif job.kind == "nifti":
                 volume, reference = read_nifti_volume(job.path)
+            elif job.series is not None:
+                volume, reference = read_dicom_series(job.series)  # (z, x, y), the SimpleITK image
             elif job.kind == "sitk":
                 volume, reference = read_sitk_volume(job.path)  # (z, x, y), the SimpleITK image
             else:

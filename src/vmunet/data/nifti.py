@@ -157,10 +157,10 @@ def _to_dhw(data: np.ndarray, path: Path) -> np.ndarray:
     return np.moveaxis(data, -1, 0)
 
 
-def read_case_file(path: Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+def read_case_file(path: Path, mask: bool = False) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     """One file of a case by its ending: (array (D, H, W), or (1, H, W, 3) for an RGB 2D file; spacing (D, H, W);
-    a 4x4 index -> physical matrix for comparing grids)."""
-    from vmunet.data.readers import read_image_file, read_sitk_image, sitk_geometry, sitk_to_dhw
+    a 4x4 index -> physical matrix for comparing grids). ``mask``: a 2D label file keeps its palette indices."""
+    from vmunet.data.readers import read_image_file, read_index_mask, read_sitk_image, sitk_geometry, sitk_to_dhw
 
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
@@ -172,9 +172,7 @@ def read_case_file(path: Path) -> tuple[np.ndarray, tuple[float, float, float], 
         image = read_sitk_image(path)
         spacing, affine = sitk_geometry(image)
         return sitk_to_dhw(image, path), spacing, affine
-    data = read_image_file(path)  # (H, W) or (H, W, 3)
-    if data.ndim == 3 and data.shape[2] == 4:
-        data = data[..., :3]
+    data = read_index_mask(path) if mask else read_image_file(path)  # (H, W) or (H, W, 3), alpha dropped
     return data[None], (1.0, 1.0, 1.0), np.eye(4)
 
 
@@ -227,7 +225,7 @@ def read_volume(image_files: list[Path], label_file: Path | None, num_classes: i
     image = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
     label = None
     if label_file is not None:
-        data, _, label_affine = read_case_file(label_file)
+        data, _, label_affine = read_case_file(label_file, mask=True)
         if data.ndim == 4:
             raise ValueError(f"{label_file}: label map has {data.shape[3]} channels, expected one")
         label = check_labels(data, num_classes, label_file) if num_classes else data.astype(np.int64)

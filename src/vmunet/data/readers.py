@@ -6,17 +6,28 @@ arrays are (x, y, z) and are moved to (z, x, y); SimpleITK's arrays are (z, y, x
 (z, x, y). So one file gives the same slices through either reader, and a label map written back through the
 reader's twin lands on the file's own grid.
 
-The dataset readers (``isic``, ``synapse``, ``nifti``) and prediction read files through these functions, so
-training and prediction decode a file the same way. Every error names the file.
+The dataset readers (``isic``, ``folders``, ``synapse``, ``nifti``) and prediction read files through these
+functions, so training and prediction decode a file the same way. Every error names the file.
+
+One image policy (``read_image_file`` for images, ``read_image`` under it for masks too):
+
+- EXIF orientation is applied to images and masks alike, so both are read as displayed (as annotation tools
+  show them) and a pair stays aligned;
+- grey images keep their bit depth (1, L, I;16, I, F are not converted to 8 bit): 16-bit values reach the
+  run's normalisation unchanged, in training and prediction alike;
+- a palette (P) image is read as its colours; a palette mask keeps its indices (the mask readers ask for that);
+- an alpha channel (RGBA, LA, PA, a palette or grey image with transparency) is dropped, not composited: the
+  colour (or grey) values are kept, and a warning names the file once per process.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -24,6 +35,12 @@ H5_SUFFIXES = (".npy.h5", ".h5")
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
 GREY_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")  # read as (H, W), without 8-bit conversion
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+INDEX_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "P")  # label images read as stored
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+EXIF_ORIENTATION = 0x0112  # the EXIF Orientation tag; 1 = as stored
+
+logger = logging.getLogger(__name__)
+_alpha_reported: set[str] = set()  # files whose dropped alpha channel was reported (once per file)
 
 
 def input_kind(path: Path) -> str | None:
@@ -64,8 +81,19 @@ def output_stem(path: Path) -> str:
 
 
 def read_image_file(path: Path) -> np.ndarray:
-    """(H, W) grey or (H, W, 3) RGB array with the file's own value range (16-bit stays 16-bit)."""
-    return read_image(path, "RGB", keep_modes=GREY_MODES)
+    """The image reader of training and prediction: (H, W) grey or (H, W, 3) RGB with the file's own value range
+    (16-bit stays 16-bit), as displayed (EXIF orientation applied), palette as colours, alpha dropped."""
+    return read_image(path, "RGB", keep_modes=GREY_MODES, drop_alpha=True)
+
+
+def read_index_mask(path: Path) -> np.ndarray:
+    """A label image as stored: (H, W) class ids for index modes (a palette mask keeps its *indices*), as
+    displayed (EXIF orientation applied, like its image); an RGB(A) file is read as grey when its channels are
+    equal, else returned as (H, W, 3) for the caller to refuse."""
+    mask = read_image(path, "RGB", keep_modes=INDEX_MODES)  # (H, W) indices or (H, W, 3) colours
+    if mask.ndim == 3 and np.array_equal(mask[..., 0], mask[..., 1]) and np.array_equal(mask[..., 0], mask[..., 2]):
+        return mask[..., 0]
+    return mask
 
 
 def read_rgb_image(path: Path) -> np.ndarray:
@@ -175,14 +203,40 @@ def sitk_labels(labels: np.ndarray, reference):
     return image
 
 
-def read_image(path: Path, mode: str | None = None, keep_modes: tuple[str, ...] = ()) -> np.ndarray:
-    """Decode an image file fully (so that a truncated file fails here, naming it).
+def _without_alpha(img: Image.Image, path: Path) -> Image.Image:
+    """``img`` without its alpha channel or transparency (values kept, not composited), reported once per file."""
+    has_alpha = img.mode in ALPHA_MODES or "transparency" in img.info
+    if not has_alpha:
+        return img
+    key = str(Path(path).resolve())
+    if key not in _alpha_reported:
+        _alpha_reported.add(key)
+        logger.warning("%s: alpha channel (%s%s) dropped: the %s values are used as they are, not composited",
+                       path, img.mode, " with transparency" if img.mode not in ALPHA_MODES else "",
+                       "grey" if img.mode in ("LA", "La") + GREY_MODES else "colour")
+    if img.mode in ("LA", "La"):
+        return img.convert("L")
+    if img.mode in GREY_MODES:  # grey with a transparent value: the grey values as they are
+        img.info.pop("transparency", None)
+        return img
+    return img.convert("RGBA").convert("RGB")  # P/PA via RGBA: PIL's own P -> RGB warns about transparency
 
-    The image is converted to ``mode`` unless its mode is already ``mode`` or one of ``keep_modes``.
+
+def read_image(path: Path, mode: str | None = None, keep_modes: tuple[str, ...] = (),
+               drop_alpha: bool = False) -> np.ndarray:
+    """Decode an image file fully (so that a truncated file fails here, naming it), as displayed: EXIF
+    orientation applied.
+
+    The image is converted to ``mode`` unless its mode is already ``mode`` or one of ``keep_modes``;
+    ``drop_alpha`` first drops an alpha channel or transparency with a warning (``_without_alpha``).
     """
     try:
         with Image.open(path) as img:
             img.load()
+            if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing to do
+                img = ImageOps.exif_transpose(img)
+            if drop_alpha:
+                img = _without_alpha(img, path)
             if mode is not None and img.mode != mode and img.mode not in keep_modes:
                 img = img.convert(mode)
             return np.asarray(img)
