@@ -38,7 +38,7 @@ def test_override_order_preset_file_flags_set(tmp_path):
 
 def test_bad_configuration_is_rejected_with_a_reason(tmp_path):
     with pytest.raises(ValueError, match="unknown preset 'isic19'; choose one of folders, isic17, isic18, nifti, "
-                                         "nnunet, synapse"):
+                                         "nnunet, polyp, synapse"):
         build_config("isic19")
     with pytest.raises(ValueError, match="unknown config key\\(s\\) learning_rate"):
         build_config("isic18", sets=["learning_rate=0.1"])
