@@ -135,6 +135,32 @@ def add_evaluate_parser(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def cmd_cv(args: argparse.Namespace) -> int:
+    from vmunet.cv import cross_validate
+
+    cross_validate(args.run_dirs, args.out, data_dir=args.data, checkpoint=args.checkpoint, device=args.device,
+                   batch_size=args.batch_size, allow_pickle=args.trust_checkpoint, progress=not args.no_progress)
+    return 0
+
+
+def add_cv_parser(sub) -> None:
+    p = sub.add_parser("cv", help="out-of-fold evaluation of the K fold runs, and the postprocessing chosen on it",
+                       allow_abbrev=False,
+                       description="Check that the runs are the folds of one split (train --folds K --fold k), "
+                                   "predict every training case with the fold that did not train on it, and write "
+                                   "OUT/per_case.csv, OUT/summary.json and OUT/postprocessing.json.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the K run folders, one per fold")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the runs trained on)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="each fold's checkpoint (best)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects (trusted files)")
+    p.add_argument("--no-progress", action="store_true")
+    add_scan_backend_argument(p)
+    p.set_defaults(func=cmd_cv)
+
+
 def add_demo_parser(sub) -> None:
     p = sub.add_parser("demo", help="train and evaluate on the MNI brain template (no downloads)",
                        allow_abbrev=False,
@@ -277,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_cv_parser(sub)
     add_predict_parser(sub)
     add_export_parser(sub)
     add_serve_parser(sub)

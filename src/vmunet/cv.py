@@ -1,0 +1,293 @@
+"""``vmunet cv``: out-of-fold evaluation of the K runs of one split, and the postprocessing chosen on it.
+
+    cross_validate(["runs/fold0", ..., "runs/fold4"], "cv/")
+
+The runs must be the folds of one split (``vmunet train --folds K --fold k`` for k = 0..K-1: the same dataset,
+data folder, classes, seed and K, each fold once). Every training case is predicted by the one run that did
+not train on it (its ``split.json`` lists it under "val"), at its own resolution through the inference path of
+``vmunet evaluate`` (``vmunet.inference.Predictor``); volumes are scored in 3D with their spacing.
+
+Writes, each file whole or not at all (nothing on failure):
+
+- ``OUT/per_case.csv``: one row per training case, the fold that predicted it, DSC, IoU and HD95 per class
+  and their means over classes (the metric rules of ``vmunet evaluate``: ``empty_mask_policy`` in summary.json).
+- ``OUT/summary.json``: per class and for the mean over classes, each metric's mean and sample standard
+  deviation over the cases, each fold's means, and the mean and standard deviation of those over the folds.
+- ``OUT/postprocessing.json``: whether keeping the largest connected component raises the out-of-fold DSC
+  (``vmunet.postprocessing``), for ``vmunet predict`` / ``vmunet evaluate --postprocessing``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vmunet.config import TrainConfig, config_from_dict
+from vmunet.ops.workspace import scan_workspace
+from vmunet.runtime.device import progress_bar, resolve_device
+from vmunet.runtime.run_folder import RunInfo, read_config_dict, read_run_info, read_split
+
+OUTPUTS = ("per_case.csv", "summary.json", "postprocessing.json")
+
+
+@dataclass
+class FoldRun:
+    """One fold's run folder: its config, run.json and split.json."""
+
+    run_dir: Path
+    config: TrainConfig
+    info: RunInfo
+    split: dict[str, list[str]]
+
+    @property
+    def data(self) -> str:
+        return str(Path(self.config.data).expanduser().resolve()) if self.config.data else ""
+
+
+def read_fold_run(run_dir: str | Path) -> FoldRun:
+    run_dir = Path(run_dir)
+    config = config_from_dict(read_config_dict(run_dir))
+    if config.folds is None:
+        raise ValueError(f"{run_dir}: not a fold of a cross-validation (trained without --folds K --fold k)")
+    return FoldRun(run_dir, config, read_run_info(run_dir), read_split(run_dir))
+
+
+def _names(runs) -> str:
+    return ", ".join(str(run.run_dir) for run in runs)
+
+
+def check_folds(runs: list[FoldRun]) -> None:
+    """Raise a one-line ValueError naming the run folders unless ``runs`` are the K folds of one split."""
+    if not runs:
+        raise ValueError("no run folders given")
+    identity = {"datasets": lambda r: r.config.dataset, "data folders": lambda r: r.data,
+                "seeds": lambda r: r.config.seed, "fold counts (--folds)": lambda r: r.config.folds,
+                "classes": lambda r: (r.info.num_classes, tuple(r.info.label_names)),
+                "input channels": lambda r: r.info.input_channels}
+    for what, key in identity.items():
+        values = {}
+        for run in runs:
+            values.setdefault(key(run), []).append(run)
+        if len(values) > 1:
+            shown = "; ".join(f"{_names(group)}: {value}" for value, group in values.items())
+            raise ValueError(f"{_names(runs)}: trained with different {what} ({shown}); the folds of one split "
+                             "share them")
+    folds = runs[0].config.folds
+    by_fold: dict[int, list[FoldRun]] = {}
+    for run in runs:
+        by_fold.setdefault(run.config.fold, []).append(run)
+    for fold, group in sorted(by_fold.items()):
+        if len(group) > 1:
+            raise ValueError(f"{_names(group)}: fold {fold} of {folds} trained twice; give each fold once")
+    missing = [k for k in range(folds) if k not in by_fold]
+    if missing:
+        raise ValueError(f"{_names(runs)}: fold {', '.join(map(str, missing))} of {folds} missing (have "
+                         f"{', '.join(map(str, sorted(by_fold)))}); train it with --folds {folds} --fold k")
+    pools = {tuple(sorted(run.split["train"] + run.split["val"])) for run in runs}
+    held = [case for run in runs for case in run.split["val"]]
+    overlap = [run for run in runs if set(run.split["train"]) & set(run.split["val"])]
+    if len(pools) > 1 or len(held) != len(set(held)) or set(held) != set(next(iter(pools))) or overlap:
+        raise ValueError(f"{_names(runs)}: the split.json files are not the folds of one split (the cases differ, "
+                         "or a case is held out by two folds)")
+
+
+def check_data_unchanged(runs: list[FoldRun], data_dir: str | Path | None) -> None:
+    """Every training case of the data folder is in the runs' split, and no other."""
+    from vmunet.data.splits import training_case_names
+
+    now = set(training_case_names(runs[0].config, data_dir))
+    then = set(runs[0].split["train"] + runs[0].split["val"])
+    if now != then:
+        new, gone = sorted(now - then), sorted(then - now)
+        parts = ([f"{len(new)} case(s) in no fold (e.g. {new[0]})"] if new else []) + \
+                ([f"{len(gone)} case(s) gone (e.g. {gone[0]})"] if gone else [])
+        raise ValueError(f"{data_dir or runs[0].config.data}: the training cases changed since {_names(runs)} "
+                         f"were trained: {', '.join(parts)}")
+
+
+def case_row(kind: str, pred: np.ndarray, case: dict, num_classes: int) -> dict:
+    """The per-case metrics of ``vmunet evaluate`` (its rules per data kind), with IoU = DSC / (2 - DSC)
+    added where the kind's row has none (exact for one case's masks)."""
+    from vmunet import metrics
+
+    classes = max(num_classes, 2)
+    if kind == "images" and num_classes == 1:
+        row = metrics.binary_image_metrics(pred, case["label"], spacing=case.get("spacing"), case_id=case["case_id"])
+    elif kind == "images":
+        row = metrics.multiclass_image_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
+                                               case_id=case["case_id"])
+    else:
+        row = metrics.synapse_case_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
+                                           case_id=case["case_id"])
+    if "iou" not in row:
+        row["iou"] = [d / (2.0 - d) if d == d else math.nan for d in row["dice"]]
+    return row
+
+
+@scan_workspace()  # frees the CPU scan's scratch buffers when the cases are scored
+def predict_out_of_fold(runs: list[FoldRun], data_dir: str | Path | None = None, checkpoint: str = "best",
+                        device: str = "auto", batch_size: int = 8, allow_pickle: bool = False,
+                        progress: bool = True, load_predictor=None) -> tuple[str, list[dict], list[dict]]:
+    """(kind, per-case rows with their "fold", ``candidate_dice`` per case): each case predicted by the run
+    whose split.json holds it out. ``load_predictor(run_dir)`` replaces ``Predictor.from_run`` (tests)."""
+    from vmunet.data.splits import training_cases
+    from vmunet.inference import Predictor
+    from vmunet.postprocessing import candidate_dice
+
+    device = resolve_device(device)
+    load_predictor = load_predictor or (lambda run_dir: Predictor.from_run(
+        run_dir, checkpoint, device=device, batch_size=batch_size, allow_pickle=allow_pickle))
+    num_classes = runs[0].info.num_classes
+    rows, scores, kind = [], [], "images"
+    for run in sorted(runs, key=lambda r: r.config.fold):
+        kind, cases = training_cases(run.config, data_dir, run.split["val"])
+        predictor = load_predictor(run.run_dir)
+        label = f"cv fold {run.config.fold}/{run.config.folds}: {kind}"
+        for index in progress_bar(range(len(cases)), len(cases), label, progress):
+            case = cases[index]
+            if kind == "images":
+                pred = predictor.predict_image(case["image"]).labels  # (H, W)
+            else:
+                pred = predictor.predict_volume(case["image"]).labels  # (D, H, W)
+            rows.append({**case_row(kind, pred, case, num_classes), "fold": run.config.fold})
+            scores.append(candidate_dice(pred, case["label"], num_classes))
+        del predictor
+    return kind, rows, scores
+
+
+def _stats(values) -> dict:
+    """Mean and sample standard deviation (ddof 1; NaN for fewer than 2 values), NaN entries left out."""
+    values = np.asarray([v for v in values if v == v], dtype=np.float64)
+    return {"mean": float(values.mean()) if values.size else math.nan,
+            "std": float(values.std(ddof=1)) if values.size > 1 else math.nan, "n": int(values.size)}
+
+
+def metric_keys(rows: list[dict]) -> list[str]:
+    """The per-class metrics of the rows ("dice", "iou", "hd95" and any other list a row holds)."""
+    return [key for key, value in rows[0].items() if isinstance(value, list)]
+
+
+def summarize_cv(rows: list[dict], class_names: list[str], folds: int) -> dict:
+    """Per class and for the mean over classes: mean/std over cases, per fold, and mean/std over the folds."""
+    keys = metric_keys(rows)
+    names = list(class_names)
+    tables = {key: np.array([r[key] for r in rows], dtype=np.float64) for key in keys}  # (cases, classes)
+    fold_of = np.array([r["fold"] for r in rows])
+
+    def block(selected: np.ndarray) -> dict:
+        per_class = {name: {key: _stats(tables[key][selected, j]) for key in keys} for j, name in enumerate(names)}
+        # the case's mean over classes (NaN classes left out), as evaluate's per_case
+        case_means = {key: [np.nan if np.all(np.isnan(v)) else float(np.nanmean(v)) for v in tables[key][selected]]
+                      for key in keys}
+        return {"per_class": per_class, "mean": {key: _stats(case_means[key]) for key in keys}}
+
+    everything = block(np.ones(len(rows), bool))
+    per_fold = []
+    for fold in range(folds):
+        chosen = fold_of == fold
+        if chosen.any():
+            per_fold.append({"fold": fold, "cases": int(chosen.sum()), **block(chosen)})
+    over_folds = {
+        "per_class": {name: {key: _stats([f["per_class"][name][key]["mean"] for f in per_fold]) for key in keys}
+                      for name in names},
+        "mean": {key: _stats([f["mean"][key]["mean"] for f in per_fold]) for key in keys},
+    }
+    # the protocol's overall mean (vmunet.metrics.summarize_cases): the mean over classes of the class means
+    overall = {f"mean_{key}": _stats([everything["per_class"][n][key]["mean"] for n in names])["mean"] for key in keys}
+    return {"cases": len(rows), "folds": folds, "class_names": names, "metrics": keys, **overall,
+            "over_cases": everything, "per_fold": per_fold, "over_folds": over_folds}
+
+
+def per_case_csv(rows: list[dict], class_names: list[str]) -> str:
+    keys = metric_keys(rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["case_id", "fold", *(f"{k}_{n}" for k in keys for n in class_names), *(f"mean_{k}" for k in keys)])
+    for row in rows:
+        means = [np.nan if np.all(np.isnan(row[k])) else float(np.nanmean(row[k])) for k in keys]
+        writer.writerow([row["case_id"], row["fold"], *(v for k in keys for v in row[k]), *means])
+    return buffer.getvalue()
+
+
+def write_outputs(out_dir: Path, files: dict[str, str]) -> None:
+    """Write every file into a temporary folder inside ``out_dir``, then move them into place together: a
+    failure leaves none of them (and the previous ones, if any, untouched)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".cv-", dir=out_dir))
+    try:
+        for name, text in files.items():
+            with open(staging / name, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        for name in files:
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: --out must be a folder, and this is a file")
+
+
+def cross_validate(run_dirs: list[str | Path], out_dir: str | Path, data_dir: str | Path | None = None,
+                   checkpoint: str = "best", device: str = "auto", batch_size: int = 8, allow_pickle: bool = False,
+                   progress: bool = True, echo=print, load_predictor=None) -> dict:
+    """Check the folds, predict out of fold, write OUT/{per_case.csv, summary.json, postprocessing.json}."""
+    from vmunet import metrics
+    from vmunet.evaluate import default_names
+    from vmunet.postprocessing import choose_from_scores
+
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    runs = [read_fold_run(run_dir) for run_dir in run_dirs]
+    check_folds(runs)
+    check_data_unchanged(runs, data_dir)
+    info = runs[0].info
+    classes = max(info.num_classes, 2)
+    names = info.label_names if len(info.label_names) == classes else default_names(classes)
+    kind, rows, scores = predict_out_of_fold(runs, data_dir, checkpoint, device, batch_size, allow_pickle,
+                                             progress, load_predictor)
+    summary = summarize_cv(rows, names[1:], runs[0].config.folds)
+    policy = (metrics.IMAGE_POLICY if info.num_classes == 1 else metrics.MULTICLASS_IMAGE_POLICY) \
+        if kind == "images" else metrics.VOLUME_POLICY
+    summary.update(checkpoint=checkpoint, data=str(data_dir or runs[0].config.data), dataset=runs[0].config.dataset,
+                   seed=runs[0].config.seed,
+                   runs={str(run.config.fold): str(run.run_dir) for run in sorted(runs, key=lambda r: r.config.fold)},
+                   std="sample standard deviation (ddof 1); NaN entries (a class absent from an image, an "
+                       "undefined HD95) are left out of every mean and standard deviation",
+                   iou="IoU = DSC / (2 - DSC) per case and class where the protocol has none",
+                   empty_mask_policy=dict(policy))
+    choice = choose_from_scores(scores, info.num_classes, names, volumetric=kind == "volumes")
+    write_outputs(out_dir, {"per_case.csv": per_case_csv(rows, names[1:]),
+                            "summary.json": json.dumps(summary, indent=2, default=float) + "\n",
+                            "postprocessing.json": json.dumps(choice, indent=2) + "\n"})
+    echo(describe(summary, choice, out_dir))
+    return {"summary": summary, "rows": rows, "postprocessing": choice}
+
+
+def describe(summary: dict, choice: dict, out_dir: Path) -> str:
+    """A few printable lines: out-of-fold DSC per class (mean +- std over cases), the postprocessing chosen."""
+    lines = [f"out-of-fold over {summary['cases']} cases, {summary['folds']} folds:"]
+    for name, values in summary["over_cases"]["per_class"].items():
+        dice = values["dice"]
+        lines.append(f"  {name:<16} DSC {100 * dice['mean']:6.2f} +- {100 * dice['std']:5.2f}")
+    folds = summary["over_folds"]["mean"]["dice"]
+    lines.append(f"  {'mean':<16} DSC {100 * summary['mean_dice']:6.2f}  (over folds {100 * folds['mean']:.2f} +- "
+                 f"{100 * folds['std']:.2f})")
+    steps = (["all foreground"] if choice["all_foreground"]["apply"] else []) + \
+        [c["name"] for c in choice["classes"].values() if c["apply"]]
+    lines.append(f"postprocessing (largest component): {', '.join(steps) or 'none'}; mean DSC "
+                 f"{100 * choice['mean_dice_before']:.2f} -> {100 * choice['mean_dice_after']:.2f}")
+    lines.append(f"wrote {', '.join(str(out_dir / name) for name in OUTPUTS)}")
+    return "\n".join(lines)
