@@ -86,8 +86,11 @@ def test_png_folder_masks_have_original_sizes_and_stems(binary_run, tmp_path):
         assert set(np.unique(mask)) <= {0, 255}
         assert (out / "overlays" / f"{stem}.png").is_file()
         assert Image.open(out / "overlays" / f"{stem}.png").size == (size[1], size[0])
-        probs = np.load(out / "probabilities" / f"{stem}.npy")
-        assert probs.shape == (1, *size) and probs.min() >= 0 and probs.max() <= 1
+        with np.load(out / f"{stem}.npz") as npz:  # beside the mask: background and lesion, as nnU-Net stores
+            probs = npz["probabilities"]
+        assert probs.shape == (2, *size) and probs.dtype == np.float32 and probs.min() >= 0 and probs.max() <= 1
+        np.testing.assert_allclose(probs.sum(0), 1, atol=1e-6)
+        np.testing.assert_array_equal(probs[1] >= 0.5, mask == 255)
     assert sorted(p.name for p in out.glob("*.png")) == sorted(f"{stem}.png" for stem in sizes)
 
 
@@ -146,9 +149,10 @@ def test_nifti_and_h5_volumes_keep_shape_affine_and_header(volume_run, tmp_path)
     assert predicted.header.get_xyzt_units() == source.header.get_xyzt_units()
     assert predicted.header.get_intent()[0] == "label"
 
-    probs = nib.load(out / "probabilities" / "case_0000.nii.gz")
-    assert probs.shape == (40, 36, 5, 3)
-    np.testing.assert_array_equal(np.asarray(probs.dataobj).argmax(-1), labels)
+    with np.load(out / "case_0000.npz") as npz:  # (K, X, Y, Z): the NIfTI's stored order
+        probs = npz["probabilities"]
+    assert probs.shape == (3, 40, 36, 5) and probs.dtype == np.float32
+    np.testing.assert_array_equal(probs.argmax(0), labels)
     assert list((out / "overlays").glob("case_0000_slice*.png"))
 
     h5_labels = np.asarray(nib.load(out / "case0007.nii.gz").dataobj)

@@ -60,7 +60,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from vmunet.evaluate import evaluate
 
     evaluate(args.run_dir, data_dir=args.data, split=args.split, checkpoint=args.checkpoint, device=args.device,
-             batch_size=args.batch_size, allow_pickle=args.trust_checkpoint, progress=not args.no_progress)
+             batch_size=args.batch_size, allow_pickle=args.trust_checkpoint, progress=not args.no_progress,
+             out_dir=args.out)
     return 0
 
 
@@ -123,8 +124,11 @@ def add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score a trained run on a split", allow_abbrev=False,
                        description="Evaluate a run with the dataset's protocol; writes eval/summary.json and "
                                    "eval/per_case.csv in the run folder and prints a table.")
-    p.add_argument("--run-dir", required=True, metavar="RUN_DIR")
-    p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the run trained on)")
+    p.add_argument("--run-dir", required=True, nargs="+", action="extend", metavar="RUN_DIR",
+                   help="a run folder; several: their ensemble (averaged probabilities; needs --out)")
+    p.add_argument("--out", metavar="DIR",
+                   help="where summary.json and per_case.csv go (default RUN_DIR/eval; required for an ensemble)")
+    p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the (first) run trained on)")
     p.add_argument("--split", choices=["val", "test"], default="test", help="default test")
     p.add_argument("--checkpoint", default="best", help="best (default), last or a PATH")
     p.add_argument("--device", default="auto")
@@ -184,8 +188,13 @@ def add_forward_parser(sub) -> None:
     p.set_defaults(func=cmd_forward)
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", required=True, help="training run folder (run.json, checkpoints/)")
+def add_run_arguments(parser: argparse.ArgumentParser, several: bool = False) -> None:
+    if several:  # --run-dir A B and --run-dir A --run-dir B alike
+        parser.add_argument("--run-dir", required=True, nargs="+", action="extend", metavar="RUN_DIR",
+                            help="training run folder (run.json, checkpoints/); several: their ensemble, the mean "
+                                 "of the members' probabilities (same classes and input channels)")
+    else:
+        parser.add_argument("--run-dir", required=True, help="training run folder (run.json, checkpoints/)")
     parser.add_argument("--checkpoint", default="best",
                         help="best, last, or a checkpoint file (default best)")
     parser.add_argument("--trust-checkpoint", action="store_true",
@@ -193,8 +202,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    add_run_arguments(parser)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+    add_run_arguments(parser, several=True)
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",  # at least one: see split_run_folders
                         help="image files (PNG, JPG, TIFF, BMP), volumes (.nii, .nii.gz, .npy.h5) or folders of "
                              "them; for a multi-channel NIfTI run, each case's CASE_0000 .. CASE_000{C-1} files "
                              "(-> CASE.nii.gz)")
@@ -208,19 +217,44 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-existing", action="store_true",
                         help="skip inputs whose output exists (rerun an interrupted predict)")
     parser.add_argument("--save-probabilities", action="store_true",
-                        help="also write OUT/probabilities/ (.npy (K, H, W) per image, 4D NIfTI per volume)")
+                        help="also write OUT/STEM.npz beside each mask: key probabilities, float32 (K, H, W) or "
+                             "(K, D, H, W) in the input's axis order, K classes including the background")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """0 when every input was predicted, 1 when some could not be (each reported on stderr)."""
     from vmunet.predict import predict_paths
 
+    args.run_dir, args.inputs = split_run_folders(args.run_dir, args.inputs)
     summary = predict_paths(args.run_dir, args.inputs, args.out, checkpoint=args.checkpoint, tta=args.tta,
                             overlay=args.overlay, batch_size=args.batch_size, device=args.device,
                             skip_existing=args.skip_existing, save_probabilities=args.save_probabilities,
                             allow_pickle=args.trust_checkpoint)
     print(f"vmunet predict: {summary.describe()}; outputs in {args.out}")
     return summary.exit_code
+
+
+def looks_like_run_folder(path: str) -> bool:
+    """A folder with run.json, config.yaml or checkpoints/ (a broken run folder counts: reading it says why)."""
+    from pathlib import Path
+
+    folder = Path(path)
+    return folder.is_dir() and any((folder / name).exists() for name in ("run.json", "config.yaml", "checkpoints"))
+
+
+def split_run_folders(values: list[str], inputs: list[str]) -> tuple[list[str], list[str]]:
+    """``predict --run-dir A B photos/ --out M``: argparse gives --run-dir every value up to the next option. The
+    first is a run folder; the next ones are while they look like run folders; the first that does not starts
+    the inputs (``--run-dir R photos/`` reads as before ensembles)."""
+    runs = values[:1]
+    for index, value in enumerate(values[1:], start=1):
+        if not looks_like_run_folder(value):
+            inputs = values[index:] + inputs
+            break
+        runs.append(value)
+    if not inputs:
+        raise ValueError("give at least one INPUT (an image, a volume or a folder of them) after the run folders")
+    return runs, inputs
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -265,9 +299,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve_parser(sub) -> None:
     p = sub.add_parser("serve", help="a local web page and HTTP API applying a trained run", allow_abbrev=False,
-                       description="Serve a run folder: a page at / (drop an image, see the overlay and the class "
-                                   "areas), POST /predict for programs, /docs. Needs the 'serve' extra.")
-    add_run_arguments(p)
+                       description="Serve a run folder (several: their ensemble, as vmunet predict): a page at / "
+                                   "(drop an image, see the overlay and the class areas), POST /predict for "
+                                   "programs, /docs. Needs the 'serve' extra.")
+    add_run_arguments(p, several=True)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; another one is warned about)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")

@@ -10,6 +10,10 @@
 
 Empty masks: each field of ``summary.json`` follows one stated rule, written beside it as
 ``empty_mask_policy`` (``vmunet.metrics.IMAGE_POLICY`` for binary images, ``VOLUME_POLICY`` for volumes).
+
+Ensembles: ``evaluate([run_a, run_b], out_dir=...)`` scores the members' averaged probabilities
+(``vmunet.inference.Ensemble``) on the first run's dataset and split; the results go to ``out_dir`` (no member's
+folder is the ensemble's), and ``summary.json`` lists the members with their checkpoints and epochs.
 """
 
 from __future__ import annotations
@@ -19,23 +23,26 @@ import os
 from pathlib import Path
 
 from vmunet.config import config_from_dict
-from vmunet.inference import Predictor
+from vmunet.inference import Ensemble, Predictor, Segmenter
 from vmunet.ops.workspace import scan_workspace
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_config_dict
-from vmunet.runtime.writers import write_text_atomic
+from vmunet.runtime.writers import check_output_folder, write_text_atomic
 
 
 @scan_workspace()  # frees the CPU scan's scratch buffers when the cases are scored
 def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_size: int = 8,
-                   progress: bool = True) -> dict:
-    """{"summary": dict, "rows": per-case dicts, "table": printable text} for 2D images or volumes."""
+                   progress: bool = True, predictor: Segmenter | None = None) -> dict:
+    """{"summary": dict, "rows": per-case dicts, "table": printable text} for 2D images or volumes.
+
+    ``predictor``: a ready Predictor or Ensemble to score instead of ``model`` (then None) with ``info``."""
     from vmunet import metrics
 
     device = resolve_device(device) if isinstance(device, str) else device
     classes = max(info.num_classes, 2)  # one sigmoid output = background + lesion
     names = info.label_names if len(info.label_names) == classes else default_names(classes)
-    predictor = Predictor(model, info, device=device, batch_size=batch_size)  # the path `vmunet predict` takes
+    if predictor is None:
+        predictor = Predictor(model, info, device=device, batch_size=batch_size)  # the path `vmunet predict` takes
     if kind == "polyp":  # {set name: samples}, each set on its own with the polyp metrics
         from vmunet.evaluate_polyp import evaluate_polyp_sets
 
@@ -85,11 +92,11 @@ def binary_table(pooled: dict, per_image: dict) -> str:
     return "\n".join(lines)
 
 
-def write_evaluation(run_dir: str | Path, evaluation: dict) -> None:
-    """eval/summary.json and eval/per_case.csv, each written whole or not at all."""
+def write_evaluation(run_dir: str | Path, evaluation: dict, eval_dir: str | Path | None = None) -> None:
+    """eval/summary.json and eval/per_case.csv (in ``eval_dir`` when given), each written whole or not at all."""
     from vmunet import metrics
 
-    eval_dir = Path(run_dir) / "eval"
+    eval_dir = Path(run_dir) / "eval" if eval_dir is None else Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(eval_dir / "summary.json", json.dumps(evaluation["summary"], indent=2, default=float) + "\n")
     partial = eval_dir / ".per_case.csv.tmp"
@@ -98,12 +105,21 @@ def write_evaluation(run_dir: str | Path, evaluation: dict) -> None:
     os.replace(partial, eval_dir / "per_case.csv")
 
 
-def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str = "test", checkpoint: str = "best",
-             device: str = "auto", batch_size: int = 8, allow_pickle: bool = False, progress: bool = True,
-             echo=print) -> dict:
-    """Evaluate a run on ``split`` of its dataset; writes RUN_DIR/eval/{summary.json, per_case.csv}."""
+def evaluate(run_dir: str | Path | list[str | Path], data_dir: str | Path | None = None, split: str = "test",
+             checkpoint: str = "best", device: str = "auto", batch_size: int = 8, allow_pickle: bool = False,
+             progress: bool = True, echo=print, out_dir: str | Path | None = None) -> dict:
+    """Evaluate a run on ``split`` of its dataset; writes RUN_DIR/eval/{summary.json, per_case.csv}, or
+    OUT_DIR/... when ``out_dir`` is given. Several runs (a list): their ensemble, ``out_dir`` required."""
     from vmunet.data.splits import evaluation_cases
 
+    runs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
+    if len(runs) > 1:
+        return evaluate_ensemble(runs, out_dir, data_dir=data_dir, split=split, checkpoint=checkpoint,
+                                 device=device, batch_size=batch_size, allow_pickle=allow_pickle, progress=progress,
+                                 echo=echo)
+    run_dir = runs[0]
+    if out_dir is not None:
+        check_output_folder(out_dir)
     model, info, payload = load_model_from_run(run_dir, checkpoint, allow_pickle=allow_pickle)
     config = config_from_dict(read_config_dict(run_dir))
     kind, cases = evaluation_cases(config, data_dir, split)
@@ -111,6 +127,36 @@ def evaluate(run_dir: str | Path, data_dir: str | Path | None = None, split: str
         raise ValueError(f"the {split} split of {data_dir or config.data} is empty")
     evaluation = evaluate_cases(model, info, kind, cases, device=device, batch_size=batch_size, progress=progress)
     evaluation["summary"].update(split=split, checkpoint=checkpoint, epoch=payload.get("epoch"))
-    write_evaluation(run_dir, evaluation)
+    write_evaluation(run_dir, evaluation, out_dir)
+    echo(evaluation["table"])
+    return evaluation
+
+
+def evaluate_ensemble(run_dirs: list[str | Path], out_dir: str | Path | None, data_dir: str | Path | None = None,
+                      split: str = "test", checkpoint: str = "best", device: str = "auto", batch_size: int = 8,
+                      allow_pickle: bool = False, progress: bool = True, echo=print) -> dict:
+    """The ensemble of ``run_dirs`` on ``split`` of the first run's dataset (its config, or ``data_dir``);
+    writes OUT_DIR/{summary.json, per_case.csv}, the members recorded in the summary."""
+    from vmunet.data.splits import evaluation_cases
+    from vmunet.inference import check_ensemble_runs
+
+    if out_dir is None:
+        raise ValueError(f"an ensemble of {len(run_dirs)} runs ({', '.join(str(r) for r in run_dirs)}) has no run "
+                         "folder of its own: give --out DIR for its summary.json and per_case.csv")
+    check_ensemble_runs(run_dirs, checkpoint)  # before the output folder is made
+    check_output_folder(out_dir)
+    config = config_from_dict(read_config_dict(run_dirs[0]))
+    kind, cases = evaluation_cases(config, data_dir, split)
+    if len(cases) == 0:
+        raise ValueError(f"the {split} split of {data_dir or config.data} is empty")
+    ensemble = Ensemble.from_runs(run_dirs, checkpoint, device=device, batch_size=batch_size,
+                                  allow_pickle=allow_pickle)
+    evaluation = evaluate_cases(None, ensemble.info, kind, cases, device=device, batch_size=batch_size,
+                                progress=progress, predictor=ensemble)
+    members = [{"run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint), "epoch": m.epoch}
+               for m in ensemble.members]
+    evaluation["summary"].update(split=split, checkpoint=checkpoint, data=str(data_dir or config.data),
+                                 ensemble=members)
+    write_evaluation(run_dirs[0], evaluation, out_dir)
     echo(evaluation["table"])
     return evaluation

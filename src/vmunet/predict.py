@@ -22,14 +22,14 @@ import torch
 from vmunet.data.dicom import DicomSeries, dicom_files, find_series, read_dicom_series
 from vmunet.data.readers import (input_kind, list_folder, output_stem, read_h5_volume, read_image_file,
                                  read_nifti_case, read_nifti_volume, read_sitk_volume, sitk_labels)
-from vmunet.inference import Prediction, Predictor
+from vmunet.inference import Ensemble, Prediction, Predictor, check_ensemble_runs, load_predictor
 from vmunet.ops.workspace import scan_workspace
 from vmunet.runtime.run_folder import run_folder_files
-from vmunet.runtime.writers import (check_output_folder, index_png, mask_png, refuse_overwriting, write_nifti,
-                                   write_npy, write_png, write_sitk)
+from vmunet.runtime.writers import (atomic_write_bytes, check_output_folder, index_png, mask_png,
+                                   refuse_overwriting, write_nifti, write_png, write_sitk)
 
-__all__ = ["PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files", "plan_outputs",
-           "predict_paths"]
+__all__ = ["Ensemble", "PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files",
+           "plan_outputs", "predict_paths", "probabilities_file", "run_folders"]
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -180,16 +180,25 @@ def plan_outputs(files: list[Path], out_dir: Path, cases: dict[str, list[Path]] 
     return jobs
 
 
+def probabilities_file(job: _Job) -> Path:
+    """Where ``--save-probabilities`` writes a job's probabilities: ``<stem>.npz`` beside its label map."""
+    return job.output.with_name(f"{job.stem}.npz")
+
+
 def planned_files(jobs: list[_Job], out_dir: Path, overlay: bool, save_probabilities: bool,
                   inputs: list[Path]) -> list[Path]:
     """Every file predict may write: label maps, probabilities and overlays (a volume's overlays are named
     by slice: any input named like one of them counts)."""
     planned = [job.output for job in jobs]
+    by_npz = {}
     for job in jobs:
         if save_probabilities:
-            suffix = ".npy" if job.kind in ("image", "sitk") else (".nii" if job.output.name.endswith(".nii")
-                                                                  else ".nii.gz")
-            planned.append(out_dir / "probabilities" / f"{job.stem}{suffix}")
+            npz = probabilities_file(job)
+            if npz in by_npz:  # a.png and a.nii.gz: two label maps, one a.npz
+                raise ValueError(f"{job.path}: would write {npz}, as {by_npz[npz]} does; predict them into "
+                                 "separate --out folders")
+            by_npz[npz] = job.path
+            planned.append(npz)
         if overlay and job.kind == "image":
             planned.append(out_dir / "overlays" / f"{job.stem}.png")
         elif overlay:
@@ -207,27 +216,37 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def run_folders(run_dir: str | Path | Sequence[str | Path]) -> list[Path]:
+    """One run folder or several (an ensemble) as a list."""
+    return [Path(run_dir)] if isinstance(run_dir, (str, Path)) else [Path(r) for r in run_dir]
+
+
 @scan_workspace()  # frees the CPU scan's scratch buffers when the predictions are written
-def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, checkpoint: str = "best",
-                  tta: bool = False, overlay: bool = False, batch_size: int = 8, device: str = "auto",
-                  skip_existing: bool = False, save_probabilities: bool = False, allow_pickle: bool = False,
-                  report: Callable[[str], None] = _stderr) -> PredictSummary:
-    """Predict image files, volumes and folders of them into ``out_dir``.
+def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[str | Path], out_dir: str | Path,
+                  checkpoint: str = "best", tta: bool = False, overlay: bool = False, batch_size: int = 8,
+                  device: str = "auto", skip_existing: bool = False, save_probabilities: bool = False,
+                  allow_pickle: bool = False, report: Callable[[str], None] = _stderr) -> PredictSummary:
+    """Predict image files, volumes and folders of them into ``out_dir`` with one run, or with several
+    (``run_dir`` a list): their ensemble, ``vmunet.inference.Ensemble``.
 
     Writes ``OUT/<stem>.png`` per image (original size; 0/255 for one class, class ids for several),
     ``OUT/<stem>.nii[.gz]`` per volume (class ids, the input's affine and header; ``.npy.h5`` volumes get an
     identity affine and are stored (H, W, D) so that ``vmunet.data.nifti`` reads them back as (D, H, W)),
-    ``OUT/overlays/`` with ``overlay`` and ``OUT/probabilities/`` with ``save_probabilities`` (images: (K, H, W)
-    float32 ``.npy``; volumes: (X, Y, Z, K) float32 NIfTI). Every file is written atomically.
+    ``OUT/overlays/`` with ``overlay``, and with ``save_probabilities`` ``OUT/<stem>.npz`` beside each label map
+    (``write_probabilities``: key ``probabilities``, float32 (K, ...) in the input's stored axis order). Every file
+    is written atomically.
 
     An input that cannot be read or predicted is reported (one line through ``report``) and skipped; the
     others are still predicted, and the summary's ``exit_code`` is 1.
     """
     from vmunet.runtime.run_folder import read_run_info
 
+    runs = run_folders(run_dir)
     out_dir = Path(out_dir)
     files, problems = collect_inputs(inputs)
-    channels = read_run_info(run_dir).input_channels
+    # an ensemble's members are checked to agree before anything is written
+    infos = check_ensemble_runs(runs, checkpoint) if len(runs) > 1 else [read_run_info(runs[0])]
+    channels = infos[0].input_channels
     inputs_read = list(files)
     cases = None
     if channels > 1:
@@ -239,7 +258,7 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     jobs = plan_outputs(files, out_dir, cases, series)
     check_output_folder(out_dir)
     refuse_overwriting(planned_files(jobs, out_dir, overlay, save_probabilities, inputs_read),
-                       inputs_read + run_folder_files(run_dir))
+                       inputs_read + [path for run in runs for path in run_folder_files(run)])
     summary = PredictSummary()
     for path, problem in problems:
         summary.failed.append((path, problem))
@@ -249,8 +268,8 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
         jobs = [job for job in jobs if not job.output.is_file()]
     if not jobs:
         return summary
-    predictor = Predictor.from_run(run_dir, checkpoint, device=device, tta=tta, batch_size=batch_size,
-                                   allow_pickle=allow_pickle)
+    predictor = load_predictor(runs, checkpoint, device=device, tta=tta, batch_size=batch_size,
+                               allow_pickle=allow_pickle)
     options = dict(overlay=overlay, save_probabilities=save_probabilities)
 
     def fail(job: _Job, error: Exception) -> None:
@@ -263,7 +282,7 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
     images = [job for job in jobs if job.kind == "image"]
     started = time.perf_counter()
     for start in range(0, len(images), batch_size):
-        pending = []  # (job, image (H, W[, C]), network input (C, S, S))
+        pending = []  # (job, image (H, W[, C]))
         for job in images[start:start + batch_size]:
             try:  # reading and the input's own checks only: a failure beyond these is a bug, not a bad file
                 image = read_image_file(job.path)
@@ -271,11 +290,11 @@ def predict_paths(run_dir: str | Path, inputs: Sequence[str | Path], out_dir: st
             except READ_ERRORS as error:
                 fail(job, error)
             else:
-                pending.append((job, image, predictor.network_input(image)))
+                pending.append((job, image))
         if not pending:
             continue
-        predictions = predictor.predict_inputs([x for _, _, x in pending], [im.shape[:2] for _, im, _ in pending])
-        for (job, image, _), prediction in zip(pending, predictions):
+        predictions = predictor.predict_images([image for _, image in pending])  # each member's own preprocessing
+        for (job, image), prediction in zip(pending, predictions):
             try:
                 _write_image_outputs(job, image, prediction, predictor.num_classes, out_dir, **options,
                                      info=predictor.info)
@@ -334,7 +353,7 @@ def _write_image_outputs(job: _Job, image: np.ndarray, prediction: Prediction, n
     # Extras first, the label map last: an existing label map means this input is complete (skip_existing).
     stem = job.stem
     if save_probabilities:
-        write_npy(out_dir / "probabilities" / f"{stem}.npy", prediction.probabilities.astype(np.float32))
+        write_probabilities(probabilities_file(job), prediction.probabilities, num_classes)  # (K, H, W)
     if overlay:
         picture = legend_overlay(image, prediction.labels, info.label_names, colours) if folders else \
             contour_overlay(image, prediction.labels)
@@ -347,23 +366,41 @@ def _write_volume_outputs(job: _Job, volume: np.ndarray, reference, prediction: 
                           overlay: bool, save_probabilities: bool) -> None:
     stem = job.stem
     labels = prediction.labels  # (D, H, W)
-    if job.kind == "sitk":  # probabilities (K, z, y, x) as .npy; labels in the input's format on its grid
-        if save_probabilities:
-            write_npy(out_dir / "probabilities" / f"{stem}.npy",
-                      np.ascontiguousarray(prediction.probabilities.transpose(0, 1, 3, 2), np.float32))
+    if save_probabilities:
+        write_probabilities(probabilities_file(job), stored_order(job.kind, prediction.probabilities),
+                            prediction.probabilities.shape[0])
+    if job.kind == "sitk":  # labels in the input's format on its grid
         if overlay:
             _write_overlays(out_dir, stem, volume, labels)
         write_sitk(job.output, sitk_labels(labels, reference))
         return
-    if save_probabilities:
-        probs = prediction.probabilities.transpose(2, 3, 1, 0)  # (K, D, H, W) -> stored (X, Y, Z, K)
-        suffix = ".nii" if job.output.name.endswith(".nii") else ".nii.gz"
-        write_nifti(out_dir / "probabilities" / f"{stem}{suffix}", np.ascontiguousarray(probs, np.float32),
-                    reference, compresslevel=1)
     if overlay:
         _write_overlays(out_dir, stem, volume, labels)
     dtype = np.uint8 if labels.max(initial=0) < 256 else np.int16
     write_nifti(job.output, np.ascontiguousarray(np.moveaxis(labels, 0, -1), dtype), reference, intent="label")
+
+
+def stored_order(kind: str, probabilities: np.ndarray) -> np.ndarray:
+    """(K, D, H, W) probabilities of a volume read as (D, H, W) -> (K, ...) in the axis order of the input's array
+    as its reader gives it: NIfTI (K, X, Y, Z) as nibabel's (D, H, W) = (Z, X, Y); .mha/.mhd/.nrrd (K, z, y, x)
+    as SimpleITK's GetArrayFromImage (read as (z, x, y)); .npy.h5 (K, D, H, W) as stored."""
+    if kind == "nifti":
+        return np.moveaxis(probabilities, 1, -1)
+    if kind == "sitk":
+        return probabilities.transpose(0, 1, 3, 2)
+    return probabilities
+
+
+def write_probabilities(path: Path, probabilities: np.ndarray, num_classes: int) -> None:
+    """``path`` (.npz, compressed) with the key ``probabilities``: float32 (K, ...), one map per class including
+    the background, as nnU-Net stores them; a one-class (sigmoid) run's (1, ...) map p becomes (1 - p, p), so
+    that K is always the number of label values and the argmax over axis 0 is the label map (at p = 0.5
+    exactly the label is 1, the argmax 0)."""
+    probabilities = np.asarray(probabilities, np.float32)
+    if num_classes == 1 and probabilities.shape[0] == 1:
+        probabilities = np.concatenate([1 - probabilities, probabilities])
+    array = np.ascontiguousarray(probabilities)
+    atomic_write_bytes(path, lambda handle: np.savez_compressed(handle, probabilities=array))
 
 
 def _write_overlays(out_dir: Path, stem: str, volume: np.ndarray, labels: np.ndarray) -> None:

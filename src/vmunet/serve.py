@@ -2,14 +2,16 @@
 
     app = create_app("runs/isic18")              # an ASGI app: FastAPI's TestClient drives it without a socket
     serve("runs/isic18", port=8000)              # the same app on 127.0.0.1:8000 (uvicorn)
+    serve(["runs/fold0", "runs/fold1"])          # an ensemble, exactly as `vmunet predict --run-dir A B`
 
 Endpoints: ``GET /`` the page (``vmunet/static/serve.html``: plain HTML, CSS and JavaScript, nothing fetched from
 the internet), ``GET /health`` (no token needed), ``GET /info`` (the run: classes, kind, limits), ``POST /predict``
-(multipart field ``file``) and FastAPI's ``/docs``. ``/predict`` answers exactly what ``vmunet predict`` writes for
-the same file: the label PNG of an image (0/255 for one class, class ids otherwise), the label NIfTI of a volume
-(the input's affine and header); ``?format=json`` returns per-class statistics instead (pixels, and mm^2 or mL when
-the spacing is known: a NIfTI header, or ``?spacing=`` in mm for an image). The page asks for
-``?format=json&preview=true``, which adds the pictures it draws and the mask file itself (base64).
+(multipart field ``file``) and FastAPI's ``/docs`` (its JavaScript and CSS served from this machine when the serve
+extra's ``fastapi-offline`` is installed, else from FastAPI's CDN). ``/predict`` answers exactly what ``vmunet
+predict`` writes for the same file: the label PNG of an image (0/255 for one class, class ids otherwise), the
+label NIfTI of a volume (the input's affine and header); ``?format=json`` returns per-class statistics instead
+(pixels, and mm^2 or mL when the spacing is known: a NIfTI header, or ``?spacing=`` in mm for an image). The page
+asks for ``?format=json&preview=true``, which adds the pictures it draws and the mask file itself (base64).
 
 Reading, the prediction and writing are ``vmunet.predict``'s own functions (``vmunet.data.readers``,
 ``vmunet.inference.Predictor``, ``vmunet.runtime.writers``). The model is loaded once; predictions run one at a time
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet.data.readers import input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_volume
-from vmunet.inference import Prediction, Predictor
+from vmunet.inference import Ensemble, Prediction, Segmenter, load_predictor
 from vmunet.ops import use_backend
 from vmunet.ops.workspace import scan_workspace
 from vmunet.predict import READ_ERRORS, _Job, _write_image_outputs, _write_volume_outputs
@@ -50,7 +52,7 @@ EXTRA_HINT = "vmunet serve needs the 'serve' extra (FastAPI, uvicorn, python-mul
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def _writer_info(predictor: Predictor) -> dict:
+def _writer_info(predictor: Segmenter) -> dict:
     """predict's image writer takes the run's info where it writes per-dataset PNGs (palette masks of colour-mask
     datasets): pass it whenever the writer accepts it, so that serve writes what predict writes."""
     return {"info": predictor.info} if "info" in inspect.signature(_write_image_outputs).parameters else {}
@@ -196,34 +198,53 @@ def _parse_spacing(text: str | None) -> tuple[float, ...] | None:
     return values
 
 
-def create_app(run_dir: str | Path, checkpoint: str = "best", device: str = "auto", tta: bool = False,
-               batch_size: int = 8, allow_pickle: bool = False, token: str | None = None,
+def _fastapi_class():
+    """FastAPI, or fastapi-offline's FastAPIOffline (the same app, /docs and /redoc with their JavaScript and CSS
+    served from the package instead of a CDN, so that they work offline) when that package is installed."""
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:  # optional: /docs then loads its assets from FastAPI's default CDN
+        from fastapi import FastAPI
+
+        return FastAPI
+    return FastAPIOffline
+
+
+def _run_names(run_dir: str | Path | list[str | Path]) -> str:
+    runs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
+    return " + ".join(Path(run).name for run in runs)
+
+
+def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best", device: str = "auto",
+               tta: bool = False, batch_size: int = 8, allow_pickle: bool = False, token: str | None = None,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, scan_backend: str | None = None,
-               temp_dir: str | Path | None = None, predictor: Predictor | None = None):
-    """The FastAPI app serving one run folder (the model loaded here, once).
+               temp_dir: str | Path | None = None, predictor: Segmenter | None = None):
+    """The FastAPI app serving one run folder, or the ensemble of several (a list; the models loaded here, once).
 
     ``token``: every request but ``/``, ``/health`` and the OpenAPI pages needs ``Authorization: Bearer TOKEN``.
     ``max_upload_mb``: a larger request body gets 413. ``scan_backend``: what "auto" means in the model's scans
     (None: the caller's setting). ``temp_dir``: where uploads are stored while predicted (default: the system's).
     """
     require_serve_extra()
-    from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+    from fastapi import Depends, File, HTTPException, Query, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     if max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be > 0 (got {max_upload_mb:g})")
-    if predictor is None:
-        predictor = Predictor.from_run(run_dir, checkpoint, device=device, tta=tta, batch_size=batch_size,
-                                       allow_pickle=allow_pickle)
+    if predictor is None:  # one run: its Predictor; several: their Ensemble, as vmunet predict builds them
+        predictor = load_predictor(run_dir, checkpoint, device=device, tta=tta, batch_size=batch_size,
+                                   allow_pickle=allow_pickle)
     info = predictor.info
+    members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
     max_bytes = int(max_upload_mb * 2 ** 20)
     lock = threading.Lock()
     page = resources.files("vmunet").joinpath("static/serve.html").read_text(encoding="utf-8")
 
-    app = FastAPI(title="vmunet serve", version=info.version,
-                  description=f"Segmentation with the run {Path(run_dir).name} ({info.model_preset}). "
-                              "POST an image or volume to /predict.")
+    described = (f"the run {_run_names(run_dir)} ({info.model_preset})" if len(members) == 1 else
+                 f"the ensemble of {_run_names(run_dir)} (mean probabilities)")
+    app = _fastapi_class()(title="vmunet serve", version=info.version,
+                           description=f"Segmentation with {described}. POST an image or volume to /predict.")
     app.add_middleware(_UploadLimit, max_bytes=max_bytes)
 
     @app.exception_handler(RequestValidationError)
@@ -253,11 +274,13 @@ def create_app(run_dir: str | Path, checkpoint: str = "best", device: str = "aut
     @app.get("/info", dependencies=[Depends(authorised)])
     def run_info() -> dict:
         """The served run: classes, what it takes, the upload limit."""
-        return {"run": Path(run_dir).name, "model": info.model_preset, "dataset": info.dataset,
-                "kind": "volumes" if info.is_volumetric else "images", "num_classes": info.num_classes,
-                "label_names": list(info.label_names), "input_channels": info.input_channels,
-                "image_size": info.image_size, "tta": predictor.tta, "max_upload_bytes": max_bytes,
-                "accepts": ".png .jpg .jpeg .bmp .tif .tiff .nii .nii.gz .npy.h5"}
+        return {"run": _run_names(run_dir), "model": " + ".join(m.info.model_preset for m in members),
+                "dataset": info.dataset, "kind": "volumes" if info.is_volumetric else "images",
+                "num_classes": info.num_classes, "label_names": list(info.label_names),
+                "input_channels": info.input_channels, "image_size": info.image_size, "tta": predictor.tta,
+                "max_upload_bytes": max_bytes, "accepts": ".png .jpg .jpeg .bmp .tif .tiff .nii .nii.gz .npy.h5",
+                "members": [{"run": m.run_dir.name if m.run_dir else None, "model": m.info.model_preset,
+                             "image_size": m.info.image_size} for m in members]}
 
     @app.post("/predict", dependencies=[Depends(authorised)],
               responses={200: {"content": {"image/png": {}, "application/gzip": {}, "application/json": {}},
@@ -371,7 +394,7 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+def serve(run_dir: str | Path | list[str | Path], host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, report: Callable[[str], None] = _stderr, **options) -> None:
     """Serve ``run_dir`` until interrupted. Binds 127.0.0.1 by default; another address is reported as a
     warning (anyone who reaches it can use the model, and read nothing else; without ``token``, unchallenged)."""
@@ -380,6 +403,7 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, token:
     if host not in LOOPBACK:
         report(f"warning: serving on {host}, reachable from other machines"
                + ("" if token else "; no --token given, so anyone who reaches it can use the model"))
-    report(f"vmunet serve: {Path(run_dir)} on http://{'[' + host + ']' if ':' in host else host}:{port}/ "
+    runs = " + ".join(str(Path(run)) for run in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir))
+    report(f"vmunet serve: {runs} on http://{'[' + host + ']' if ':' in host else host}:{port}/ "
            f"(API docs at /docs; Ctrl-C stops)")
     make_server(app, host, port).run()
