@@ -301,3 +301,53 @@ def test_bad_postprocessing_files_name_the_file(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=f"{path}: {message}"):
         load_postprocessing(path)
+
+
+def test_cv_of_volumes_predicts_whole_volumes_out_of_fold_and_scores_them_in_3d(tmp_path):
+    """Synapse folds (run folders written here, a stand-in model): each case's volume goes whole to the fold
+    that held it out, and its row is the 3D score of the volume, not a mean over slices."""
+    from vmunet.metrics import synapse_case_metrics
+    from vmunet.runtime.run_folder import RunInfo, write_config, write_run_info, write_split
+
+    root = make_synapse(tmp_path / "d", train_cases=5, test_cases=1, depth=4)
+    ids = [f"case{i:04d}" for i in range(5)]
+    folds = assign_folds(ids, 2, 3)
+    runs = []
+    for fold in (0, 1):
+        run = tmp_path / f"fold{fold}"
+        write_config(run, TrainConfig(dataset="synapse", data=str(root), folds=2, fold=fold, seed=3,
+                                      num_classes=9).to_dict())
+        write_run_info(run, RunInfo(model_preset="threshold", model_config={"num_classes": 9, "input_channels": 1},
+                                    label_names=[f"c{i}" for i in range(9)], normalization="none", image_size=32,
+                                    dataset="synapse", version="test"))
+        write_split(run, sorted(c for c in ids if folds[c] != fold), sorted(c for c in ids if folds[c] == fold))
+        runs.append(run)
+    truths = {}
+    for case in ids:
+        slices = [np.load(root / "train_npz" / f"{case}_slice{z:03d}.npz") for z in range(4)]
+        truths[case] = (np.stack([s["image"] for s in slices]), np.stack([s["label"] for s in slices]).astype(int))
+    seen = []
+
+    class VolumePredictor:
+        def __init__(self, fold):
+            self.fold = fold
+
+        def predict_volume(self, volume):
+            case = next(c for c, (image, _) in truths.items() if np.array_equal(image, volume))
+            seen.append((case, self.fold))
+            labels = truths[case][1].copy()
+            labels[-1] = 0  # the last slice missed: a 3D DSC below 1, a per-slice mean would differ
+            return Prediction(labels)
+
+    def load(run_dir):
+        return VolumePredictor(int(Path(run_dir).name[-1]))
+
+    result = cross_validate(runs, tmp_path / "cv", progress=False, echo=lambda *_: None, load_predictor=load)
+    assert sorted(seen) == sorted(folds.items())
+    for row in result["rows"]:
+        image, truth = truths[row["case_id"]]
+        missed = truth.copy()
+        missed[-1] = 0
+        assert row["dice"] == pytest.approx(synapse_case_metrics(missed, truth, 9)["dice"])
+        assert row["fold"] == folds[row["case_id"]]
+    assert result["postprocessing"]["volumetric"] is True
