@@ -4,7 +4,8 @@
                    return_last_state=False, backend="auto")
 
 Backends: "ref" (sequential loop, any dtype), "torch" (fast pure PyTorch, any device), "numba" (fused CPU
-kernels compiled at run time, float32; the ``fast`` extra), "mamba_ssm" (optional CUDA kernels). "auto" takes the
+kernels compiled at run time, float32; the ``fast`` extra), "mamba_ssm" (optional CUDA kernels), "triton" (fused
+GPU kernels with nothing to build; opt-in, see _auto_choice). "auto" takes the
 backend set by ``use_backend`` if one is active, else the fastest one installed for the tensors at hand:
 "numba" for CPU tensors (5-8x "torch" in benchmarks/scan.py; float64 stays on "torch", which computes in
 float64), "mamba_ssm" for CUDA tensors, else "torch". It logs its choice once per device, with a hint when the
@@ -20,11 +21,12 @@ import logging
 
 import torch
 
-from vmunet.ops import scan_mamba_ssm, scan_numba
+from vmunet.ops import scan_mamba_ssm, scan_numba, scan_triton
 from vmunet.ops.scan_mamba_ssm import selective_scan_mamba_ssm
 from vmunet.ops.scan_numba import selective_scan_numba
 from vmunet.ops.scan_ref import selective_scan_ref
 from vmunet.ops.scan_torch import selective_scan_torch
+from vmunet.ops.scan_triton import selective_scan_triton
 
 __all__ = [
     "check_backend_name",
@@ -35,6 +37,7 @@ __all__ = [
     "selective_scan_numba",
     "selective_scan_ref",
     "selective_scan_torch",
+    "selective_scan_triton",
     "use_backend",
 ]
 
@@ -45,6 +48,7 @@ BACKENDS = {
     "torch": selective_scan_torch,
     "numba": selective_scan_numba,
     "mamba_ssm": selective_scan_mamba_ssm,
+    "triton": selective_scan_triton,
 }
 _VALID_NAMES = ("auto", *BACKENDS)
 _context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("vmunet_scan_backend", default=None)
@@ -64,6 +68,8 @@ def available_backends(device: str = "cpu") -> list[str]:
         names.append("numba")
     if str(device).startswith("cuda") and scan_mamba_ssm.is_available():
         names.append("mamba_ssm")
+    if str(device).startswith("cuda") and scan_triton.is_available():
+        names.append("triton")
     return names
 
 
@@ -77,6 +83,8 @@ def _auto_choice(device_type: str, dtype: torch.dtype) -> tuple[str, str]:
         return "torch", f" (numba is not installed; {scan_numba.INSTALL_HINT} for the ~5x faster 'numba' backend)"
     if device_type == "cuda" and scan_mamba_ssm.is_available():
         return "mamba_ssm", ""
+    # "triton" stays opt-in until a benchmark on a real GPU (benchmarks/gpu_check.sh, its table in
+    # benchmarks/RESULTS.md) shows it faster than "torch" there; then it goes here, after mamba_ssm (issue 16).
     return "torch", ""
 
 

@@ -18,8 +18,10 @@ written as one partial sum per block; A, skip and bias as one per batch element:
 no two programs write the same element and the result does not depend on scheduling (no atomics).
 
 Loops run forward with a positive step and the reversed index is computed (t = t1 - 1 - k): the form that every
-Triton version compiles. No helper @triton.jit functions (tl.sigmoid and tl.cdiv are some): the interpreter
-re-patches triton.language on every such call, which made the CPU tests ~3x slower.
+Triton version compiles. No @triton.jit helper functions, our own or triton.language's (tl.sum, tl.zeros,
+tl.sigmoid and tl.cdiv are such): triton decides when it is imported whether its own helpers are compiled or
+interpreted, so a process that imported triton before TRITON_INTERPRET=1 was set could not call them in the
+interpreter (the tests' case); and the interpreter re-patches triton.language on every such call (~3x slower).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ import triton
 import triton.language as tl
 
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr: the only kind of global a kernel may read
+# tl.sum's own combine function, for tl.reduce: the compiler emits the same reduction as tl.sum, and the
+# interpreter recognises it and runs np.sum (see the module docstring for why not tl.sum itself).
+_SUM = tl.standard._sum_combine
 
 
 @triton.jit
@@ -48,16 +53,16 @@ def scan_forward_kernel(
     nc = (L + CHUNK - 1) // CHUNK
 
     A2 = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=n_ok[None, :], other=0.0).to(tl.float32) * LOG2E
-    skip = tl.zeros((BLOCK_D,), tl.float32)
+    skip = tl.full((BLOCK_D,), 0.0, tl.float32)
     if HAS_SKIP:
         skip = tl.load(skip_ptr + d).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
+    bias = tl.full((BLOCK_D,), 0.0, tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
     row = (i * D + d) * L  # (BLOCK_D,) offsets of the channels' rows in (b, D, L)
     bc = ((i * G + g) * N + n) * L  # (N_P2,) offsets of the group's state rows in (b, G, N, L)
     state = (i * D + d)[:, None] * N + n[None, :]  # (BLOCK_D, N_P2) offsets in (b, D, N)
-    h = tl.zeros((BLOCK_D, N_P2), tl.float32)
+    h = tl.full((BLOCK_D, N_P2), 0.0, tl.float32)
     for c in range(0, nc):
         if KEEP_STARTS:
             tl.store(starts_ptr + ((i * D + d)[:, None] * nc + c) * N + n[None, :], h, mask=n_ok[None, :])
@@ -72,7 +77,7 @@ def scan_forward_kernel(
             B_t = tl.load(B_ptr + bc + t, mask=n_ok, other=0.0).to(tl.float32)
             C_t = tl.load(C_ptr + bc + t, mask=n_ok, other=0.0).to(tl.float32)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u_t)[:, None] * B_t[None, :]
-            y = tl.sum(h * C_t[None, :], axis=1) + skip * u_t
+            y = tl.reduce(h * C_t[None, :], 1, _SUM) + skip * u_t
             if HAS_Z:
                 z_t = tl.load(z_ptr + row + t).to(tl.float32)
                 y = y * z_t / (1.0 + tl.exp(-z_t))  # y silu(z)
@@ -104,10 +109,10 @@ def scan_backward_kernel(
 
     A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=n_ok[None, :], other=0.0).to(tl.float32)
     A2 = A * LOG2E
-    skip = tl.zeros((BLOCK_D,), tl.float32)
+    skip = tl.full((BLOCK_D,), 0.0, tl.float32)
     if HAS_SKIP:
         skip = tl.load(skip_ptr + d).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
+    bias = tl.full((BLOCK_D,), 0.0, tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d).to(tl.float32)
     row = (i * D + d) * L
@@ -118,9 +123,9 @@ def scan_backward_kernel(
     scratch = scratch_ptr + (i * tl.num_programs(1) + j) * (CHUNK * BLOCK_D * N_P2)
 
     lam = tl.load(glast_ptr + state, mask=n_ok[None, :], other=0.0).to(tl.float32)
-    acc_A = tl.zeros((BLOCK_D, N_P2), tl.float32)
-    acc_skip = tl.zeros((BLOCK_D,), tl.float32)
-    acc_bias = tl.zeros((BLOCK_D,), tl.float32)
+    acc_A = tl.full((BLOCK_D, N_P2), 0.0, tl.float32)
+    acc_skip = tl.full((BLOCK_D,), 0.0, tl.float32)
+    acc_bias = tl.full((BLOCK_D,), 0.0, tl.float32)
     for cc in range(0, nc):
         c = nc - 1 - cc
         t0 = c * CHUNK
@@ -161,16 +166,16 @@ def scan_backward_kernel(
             if HAS_Z:
                 z_t = tl.load(z_ptr + row + t).to(tl.float32)
                 sig = 1.0 / (1.0 + tl.exp(-z_t))
-                y = tl.sum(h_t * C_t[None, :], axis=1) + skip * u_t
+                y = tl.reduce(h_t * C_t[None, :], 1, _SUM) + skip * u_t
                 tl.store(gz_ptr + row + t, gy * y * sig * (1.0 + z_t * (1.0 - sig)))
                 gy = gy * z_t * sig
-            tl.store(gC_ptr + part + t, tl.sum(gy[:, None] * h_t, axis=0), mask=n_ok)
+            tl.store(gC_ptr + part + t, tl.reduce(gy[:, None] * h_t, 0, _SUM), mask=n_ok)
             lam = lam + gy[:, None] * C_t[None, :]
-            tl.store(gB_ptr + part + t, tl.sum(lam * du[:, None], axis=0), mask=n_ok)
-            sum_du = tl.sum(lam * B_t[None, :], axis=1)  # dLoss/d(du_t)
+            tl.store(gB_ptr + part + t, tl.reduce(lam * du[:, None], 0, _SUM), mask=n_ok)
+            sum_du = tl.reduce(lam * B_t[None, :], 1, _SUM)  # dLoss/d(du_t)
             q = lam * a * h_prev  # dLoss/d(dt_t A)
             acc_A += q * dt[:, None]
-            sum_dt = tl.sum(q * A, axis=1)  # dLoss/d(dt_t) through the decay
+            sum_dt = tl.reduce(q * A, 1, _SUM)  # dLoss/d(dt_t) through the decay
             lam = lam * a
             tl.store(gu_ptr + row + t, sum_du * dt + gy * skip)
             acc_skip += gy * u_t
