@@ -49,6 +49,12 @@ def is_available() -> bool:
     return _import_triton() is None
 
 
+def _require_triton() -> None:
+    reason = _import_triton()
+    if reason is not None:
+        raise ImportError(f"the 'triton' scan backend needs triton: {INSTALL_HINT} (import failed with {reason})")
+
+
 @contextlib.contextmanager
 def _interpret_flag(interpret: bool):
     old = os.environ.get("TRITON_INTERPRET")
@@ -67,9 +73,7 @@ def load_kernels(interpret: bool):
     """The kernels module, compiled (interpret False) or interpreted. triton.jit reads TRITON_INTERPRET when it
     decorates a function, so each mode gets its own copy of triton_kernels.py, executed with the flag set for it:
     a process can run both (the CPU tests under the interpreter, the GPU tests compiled)."""
-    reason = _import_triton()
-    if reason is not None:
-        raise ImportError(f"the 'triton' scan backend needs triton: {INSTALL_HINT} (import failed with {reason})")
+    _require_triton()
     name = f"vmunet.ops._triton_kernels_{'interpreted' if interpret else 'compiled'}"
     spec = importlib.util.spec_from_file_location(name, _KERNELS_FILE)
     module = importlib.util.module_from_spec(spec)
@@ -184,6 +188,7 @@ def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, de
     if graph_capture_active():  # exporters and torch.compile cannot record a Triton launch through this wrapper
         return selective_scan_export(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
                                      delta_softplus=delta_softplus, return_last_state=return_last_state)
+    _require_triton()
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
     inputs = tuple(None if t is None else t.contiguous() for t in (u, delta, A, B, C, D, z, delta_bias))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
