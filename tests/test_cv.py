@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
-from builders import make_isic, make_nnunet, make_synapse
+from builders import ThresholdModel, make_isic, make_nnunet, make_synapse
 from vmunet.cli import main
 from vmunet.config import TrainConfig
 from vmunet.cv import cross_validate
@@ -17,7 +18,7 @@ from vmunet.data.splits import (assign_folds, case_names, evaluation_cases, prep
                                 volume_id)
 from vmunet.inference import Prediction
 from vmunet.postprocessing import (Postprocessing, apply_postprocessing, choose_postprocessing, load_postprocessing)
-from vmunet.runtime.run_folder import read_split
+from vmunet.runtime.run_folder import RunInfo, read_run_info, read_split, write_config, write_run_info
 from vmunet.train import record_split
 
 TINY = ["--model", "vmunet-tiny", "--image-size", "32", "--no-progress", "--batch-size", "4"]
@@ -301,6 +302,81 @@ def test_bad_postprocessing_files_name_the_file(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ValueError, match=f"{path}: {message}"):
         load_postprocessing(path)
+
+
+def lesion_and_speck() -> tuple[np.ndarray, np.ndarray]:
+    """(image, lesion): a 30 x 30 lesion of ones and, apart from it, a 3 x 3 speck of ones; 64 x 64."""
+    lesion = np.zeros((64, 64), np.uint8)
+    lesion[10:40, 10:40] = 1
+    image = lesion.copy()
+    image[55:58, 55:58] = 1
+    return image, lesion
+
+
+def threshold_run(root: Path, monkeypatch, data: Path | None = None) -> Path:
+    """A binary run whose network is ThresholdModel: foreground where the (grey) pixel is 1."""
+    import vmunet.evaluate as evaluate
+    import vmunet.inference as inference
+
+    run = root / "run"
+    write_run_info(run, RunInfo(model_preset="threshold", model_config={"num_classes": 1, "input_channels": 1},
+                                label_names=["background", "lesion"], normalization="none", image_size=64,
+                                dataset="isic", version="test"))
+    write_config(run, TrainConfig(dataset="isic", num_classes=1, input_channels=1, image_size=64,
+                                  normalization="none", data=str(data) if data else None).to_dict())
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "best.pt").write_bytes(b"")
+
+    def load(run_dir, checkpoint="best", allow_pickle=False, **_):
+        return ThresholdModel(1, 1), read_run_info(run_dir), {"epoch": 1}
+
+    monkeypatch.setattr(inference, "load_model_from_run", load)
+    monkeypatch.setattr(evaluate, "load_model_from_run", load)
+    return run
+
+
+KEEP_LARGEST = {"format": "vmunet-postprocessing/1", "num_classes": 1, "all_foreground": {"apply": True},
+                "classes": {"1": {"apply": False}}}
+
+
+def test_evaluate_with_postprocessing_scores_the_kept_component(tmp_path, monkeypatch, capsys):
+    image, lesion = lesion_and_speck()
+    data = tmp_path / "data"
+    for sub, picture in (("images", image), ("masks", lesion * 255)):
+        (data / "val" / sub).mkdir(parents=True)
+        Image.fromarray(picture.astype(np.uint8)).save(data / "val" / sub / "a.png")
+    run = threshold_run(tmp_path, monkeypatch, data)
+    (tmp_path / "pp.json").write_text(json.dumps(KEEP_LARGEST))
+    assert main(["evaluate", "--run-dir", str(run), "--split", "test", "--no-progress"]) == 0
+    raw = json.loads((run / "eval" / "summary.json").read_text())
+    assert raw["mean_dice"] == pytest.approx(2 * 900 / (900 + 909)) and "postprocessing" not in raw
+    assert main(["evaluate", "--run-dir", str(run), "--split", "test", "--no-progress",
+                 "--postprocessing", str(tmp_path / "pp.json")]) == 0
+    kept = json.loads((run / "eval" / "summary.json").read_text())
+    assert kept["mean_dice"] == pytest.approx(1.0) and kept["postprocessing"] == str(tmp_path / "pp.json")
+
+
+def test_predict_with_postprocessing_keeps_only_the_largest_component(tmp_path, monkeypatch, capsys):
+    """A known-output model (foreground where the pixel is 1): the lesion and a speck come back as they are
+    without --postprocessing, the lesion alone with it."""
+    run = threshold_run(tmp_path, monkeypatch)
+    image, lesion = lesion_and_speck()
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    spec = KEEP_LARGEST
+    (tmp_path / "pp.json").write_text(json.dumps(spec))
+    assert main(["predict", "--run-dir", str(run), str(tmp_path / "photo.png"), "--out", str(tmp_path / "raw")]) == 0
+    assert main(["predict", "--run-dir", str(run), str(tmp_path / "photo.png"), "--out", str(tmp_path / "pp"),
+                 "--postprocessing", str(tmp_path / "pp.json")]) == 0
+    raw = np.asarray(Image.open(tmp_path / "raw" / "photo.png")) > 0
+    kept = np.asarray(Image.open(tmp_path / "pp" / "photo.png")) > 0
+    assert np.array_equal(raw, image > 0) and np.array_equal(kept, lesion > 0)
+    # a postprocessing chosen for other classes is refused before anything is written
+    (tmp_path / "pp3.json").write_text(json.dumps({**spec, "num_classes": 3, "classes": {"1": {"apply": False},
+                                                                                         "2": {"apply": False}}}))
+    code = main(["predict", "--run-dir", str(run), str(tmp_path / "photo.png"), "--out", str(tmp_path / "no"),
+                 "--postprocessing", str(tmp_path / "pp3.json")])
+    assert code == 2 and "pp3.json: chosen for runs of 3 output class(es); this run has 1" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
 
 
 def test_cv_of_volumes_predicts_whole_volumes_out_of_fold_and_scores_them_in_3d(tmp_path):

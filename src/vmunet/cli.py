@@ -15,6 +15,9 @@ import time
 from vmunet.models.presets import PRESETS
 
 
+POSTPROCESSING_HELP = "apply the postprocessing `vmunet cv` chose (CV_OUT/postprocessing.json) to every label map"
+
+
 def cmd_forward(args: argparse.Namespace) -> int:
     """One forward pass on a random image: checks the install and shows the speed of this machine."""
     import torch
@@ -61,7 +64,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     evaluate(args.run_dir, data_dir=args.data, split=args.split, checkpoint=args.checkpoint, device=args.device,
              batch_size=args.batch_size, allow_pickle=args.trust_checkpoint, progress=not args.no_progress,
-             out_dir=args.out)
+             out_dir=args.out, postprocessing=args.postprocessing)
     return 0
 
 
@@ -134,6 +137,7 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled Python objects (trusted files)")
+    p.add_argument("--postprocessing", metavar="FILE.json", help=POSTPROCESSING_HELP)
     p.add_argument("--no-progress", action="store_true")
     add_scan_backend_argument(p)
     p.set_defaults(func=cmd_evaluate)
@@ -219,6 +223,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write OUT/STEM.npz beside each mask: key probabilities, float32 (K, H, W) or "
                              "(K, D, H, W) in the input's axis order, K classes including the background")
+    parser.add_argument("--postprocessing", metavar="FILE.json", help=POSTPROCESSING_HELP)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -229,7 +234,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = predict_paths(args.run_dir, args.inputs, args.out, checkpoint=args.checkpoint, tta=args.tta,
                             overlay=args.overlay, batch_size=args.batch_size, device=args.device,
                             skip_existing=args.skip_existing, save_probabilities=args.save_probabilities,
-                            allow_pickle=args.trust_checkpoint)
+                            allow_pickle=args.trust_checkpoint, postprocessing=args.postprocessing)
     print(f"vmunet predict: {summary.describe()}; outputs in {args.out}")
     return summary.exit_code
 

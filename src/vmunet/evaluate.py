@@ -25,6 +25,7 @@ from pathlib import Path
 from vmunet.config import config_from_dict
 from vmunet.inference import Ensemble, Predictor, Segmenter
 from vmunet.ops.workspace import scan_workspace
+from vmunet.postprocessing import Postprocessing, apply_postprocessing, load_for_run
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_config_dict
 from vmunet.runtime.writers import check_output_folder, write_text_atomic
@@ -32,7 +33,8 @@ from vmunet.runtime.writers import check_output_folder, write_text_atomic
 
 @scan_workspace()  # frees the CPU scan's scratch buffers when the cases are scored
 def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_size: int = 8,
-                   progress: bool = True, predictor: Segmenter | None = None) -> dict:
+                   progress: bool = True, predictor: Segmenter | None = None,
+                   postprocessing: Postprocessing | None = None) -> dict:
     """{"summary": dict, "rows": per-case dicts, "table": printable text} for 2D images or volumes.
 
     ``predictor``: a ready Predictor or Ensemble to score instead of ``model`` (then None) with ``info``."""
@@ -54,6 +56,8 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
             pred = predictor.predict_image(case["image"]).labels  # (H, W)
         else:
             pred = predictor.predict_volume(case["image"]).labels  # (D, H, W[, C]) -> (D, H, W)
+        if postprocessing is not None:  # `vmunet cv`'s choice, on the label map at full resolution
+            pred = apply_postprocessing(pred, postprocessing)
         if info.num_classes == 1:
             masks.append(pred.astype(bool))
             truths.append(case["label"].astype(bool))
@@ -68,6 +72,8 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
                                                      case_id=case["case_id"]))
     summary = metrics.summarize_cases(rows, names)
     summary["cases"] = len(rows)
+    if postprocessing is not None:
+        summary["postprocessing"] = postprocessing.source
     binary_images = kind == "images" and info.num_classes == 1
     policy = metrics.IMAGE_POLICY if binary_images else (
         metrics.MULTICLASS_IMAGE_POLICY if kind == "images" else metrics.VOLUME_POLICY)
@@ -107,7 +113,8 @@ def write_evaluation(run_dir: str | Path, evaluation: dict, eval_dir: str | Path
 
 def evaluate(run_dir: str | Path | list[str | Path], data_dir: str | Path | None = None, split: str = "test",
              checkpoint: str = "best", device: str = "auto", batch_size: int = 8, allow_pickle: bool = False,
-             progress: bool = True, echo=print, out_dir: str | Path | None = None) -> dict:
+             progress: bool = True, echo=print, out_dir: str | Path | None = None,
+             postprocessing: str | Path | None = None) -> dict:
     """Evaluate a run on ``split`` of its dataset; writes RUN_DIR/eval/{summary.json, per_case.csv}, or
     OUT_DIR/... when ``out_dir`` is given. Several runs (a list): their ensemble, ``out_dir`` required."""
     from vmunet.data.splits import evaluation_cases
@@ -116,16 +123,18 @@ def evaluate(run_dir: str | Path | list[str | Path], data_dir: str | Path | None
     if len(runs) > 1:
         return evaluate_ensemble(runs, out_dir, data_dir=data_dir, split=split, checkpoint=checkpoint,
                                  device=device, batch_size=batch_size, allow_pickle=allow_pickle, progress=progress,
-                                 echo=echo)
+                                 echo=echo, postprocessing=postprocessing)
     run_dir = runs[0]
     if out_dir is not None:
         check_output_folder(out_dir)
     model, info, payload = load_model_from_run(run_dir, checkpoint, allow_pickle=allow_pickle)
+    spec = load_for_run(postprocessing, info.num_classes)
     config = config_from_dict(read_config_dict(run_dir))
     kind, cases = evaluation_cases(config, data_dir, split)
     if len(cases) == 0:
         raise ValueError(f"the {split} split of {data_dir or config.data} is empty")
-    evaluation = evaluate_cases(model, info, kind, cases, device=device, batch_size=batch_size, progress=progress)
+    evaluation = evaluate_cases(model, info, kind, cases, device=device, batch_size=batch_size, progress=progress,
+                                postprocessing=spec)
     evaluation["summary"].update(split=split, checkpoint=checkpoint, epoch=payload.get("epoch"))
     write_evaluation(run_dir, evaluation, out_dir)
     echo(evaluation["table"])
@@ -134,7 +143,8 @@ def evaluate(run_dir: str | Path | list[str | Path], data_dir: str | Path | None
 
 def evaluate_ensemble(run_dirs: list[str | Path], out_dir: str | Path | None, data_dir: str | Path | None = None,
                       split: str = "test", checkpoint: str = "best", device: str = "auto", batch_size: int = 8,
-                      allow_pickle: bool = False, progress: bool = True, echo=print) -> dict:
+                      allow_pickle: bool = False, progress: bool = True, echo=print,
+                      postprocessing: str | Path | None = None) -> dict:
     """The ensemble of ``run_dirs`` on ``split`` of the first run's dataset (its config, or ``data_dir``);
     writes OUT_DIR/{summary.json, per_case.csv}, the members recorded in the summary."""
     from vmunet.data.splits import evaluation_cases
@@ -143,7 +153,8 @@ def evaluate_ensemble(run_dirs: list[str | Path], out_dir: str | Path | None, da
     if out_dir is None:
         raise ValueError(f"an ensemble of {len(run_dirs)} runs ({', '.join(str(r) for r in run_dirs)}) has no run "
                          "folder of its own: give --out DIR for its summary.json and per_case.csv")
-    check_ensemble_runs(run_dirs, checkpoint)  # before the output folder is made
+    infos = check_ensemble_runs(run_dirs, checkpoint)  # before the output folder is made
+    spec = load_for_run(postprocessing, infos[0].num_classes)
     check_output_folder(out_dir)
     config = config_from_dict(read_config_dict(run_dirs[0]))
     kind, cases = evaluation_cases(config, data_dir, split)
@@ -152,7 +163,7 @@ def evaluate_ensemble(run_dirs: list[str | Path], out_dir: str | Path | None, da
     ensemble = Ensemble.from_runs(run_dirs, checkpoint, device=device, batch_size=batch_size,
                                   allow_pickle=allow_pickle)
     evaluation = evaluate_cases(None, ensemble.info, kind, cases, device=device, batch_size=batch_size,
-                                progress=progress, predictor=ensemble)
+                                progress=progress, predictor=ensemble, postprocessing=spec)
     members = [{"run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint), "epoch": m.epoch}
                for m in ensemble.members]
     evaluation["summary"].update(split=split, checkpoint=checkpoint, data=str(data_dir or config.data),

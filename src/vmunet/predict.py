@@ -24,6 +24,8 @@ from vmunet.data.readers import (input_kind, list_folder, output_stem, read_h5_v
                                  read_nifti_case, read_nifti_volume, read_sitk_volume, sitk_labels)
 from vmunet.inference import Ensemble, Prediction, Predictor, check_ensemble_runs, load_predictor
 from vmunet.ops.workspace import scan_workspace
+from vmunet.postprocessing import load_for_run, postprocess_prediction
+from vmunet.runtime.dicom_seg import highdicom, write_dicom_seg
 from vmunet.runtime.run_folder import run_folder_files
 from vmunet.runtime.writers import (atomic_write_bytes, check_output_folder, index_png, mask_png,
                                    refuse_overwriting, write_nifti, write_png, write_sitk)
@@ -225,7 +227,8 @@ def run_folders(run_dir: str | Path | Sequence[str | Path]) -> list[Path]:
 def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[str | Path], out_dir: str | Path,
                   checkpoint: str = "best", tta: bool = False, overlay: bool = False, batch_size: int = 8,
                   device: str = "auto", skip_existing: bool = False, save_probabilities: bool = False,
-                  allow_pickle: bool = False, report: Callable[[str], None] = _stderr) -> PredictSummary:
+                  allow_pickle: bool = False, report: Callable[[str], None] = _stderr,
+                  postprocessing: str | Path | None = None, dicom_seg: bool = False) -> PredictSummary:
     """Predict image files, volumes and folders of them into ``out_dir`` with one run, or with several
     (``run_dir`` a list): their ensemble, ``vmunet.inference.Ensemble``.
 
@@ -236,6 +239,9 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
     (``write_probabilities``: key ``probabilities``, float32 (K, ...) in the input's stored axis order). Every file
     is written atomically.
 
+    ``dicom_seg``: a DICOM series also gets ``OUT/<stem>.seg.dcm``, a DICOM SEG of its labels that references
+    the series (``vmunet.runtime.dicom_seg``; the ``dicom-seg`` extra); other inputs are predicted as usual.
+
     An input that cannot be read or predicted is reported (one line through ``report``) and skipped; the
     others are still predicted, and the summary's ``exit_code`` is 1.
     """
@@ -244,8 +250,11 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
     runs = run_folders(run_dir)
     out_dir = Path(out_dir)
     files, problems = collect_inputs(inputs)
+    if dicom_seg:
+        highdicom()  # a missing extra is an error before anything is written
     # an ensemble's members are checked to agree before anything is written
     infos = check_ensemble_runs(runs, checkpoint) if len(runs) > 1 else [read_run_info(runs[0])]
+    spec = load_for_run(postprocessing, infos[0].num_classes)  # `vmunet cv`'s choice, applied to the labels
     channels = infos[0].input_channels
     inputs_read = list(files)
     cases = None
@@ -294,6 +303,7 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
         if not pending:
             continue
         predictions = predictor.predict_images([image for _, image in pending])  # each member's own preprocessing
+        predictions = [postprocess_prediction(prediction, spec) for prediction in predictions]
         for (job, image), prediction in zip(pending, predictions):
             try:
                 _write_image_outputs(job, image, prediction, predictor.num_classes, out_dir, **options,
@@ -323,10 +333,18 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
             fail(job, error)
             continue
         try:
-            prediction = predictor.predict_volume(volume, keep_probabilities=save_probabilities)
+            prediction = postprocess_prediction(predictor.predict_volume(volume, keep_probabilities=save_probabilities),
+                                                spec)
         except torch.OutOfMemoryError as error:
             fail(job, ValueError(f"out of memory ({error}); try a smaller --batch-size"))
             continue
+        if dicom_seg and job.series is not None:  # before the label map, which marks the input complete
+            try:
+                write_dicom_seg(out_dir / f"{job.stem}.seg.dcm", prediction.labels, job.series,
+                                predictor.info.label_names, predictor.num_classes)
+            except (OSError, ValueError) as error:
+                fail(job, error)
+                continue
         try:
             _write_volume_outputs(job, volume, reference, prediction, out_dir, **options)
         except OSError as error:
