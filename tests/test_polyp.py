@@ -137,18 +137,21 @@ def test_e_measure_by_hand_and_its_curve():
     # special cases: an empty truth -> mean(1 - F), a full one -> mean(F)
     assert pm.e_measure(foreground, np.zeros((2, 2), bool)) == pytest.approx(0.5)
     assert pm.e_measure(np.array([[1, 0], [0, 0]]), np.ones((2, 2), bool)) == pytest.approx(0.25)
-    # The curve from counts equals the direct form at every threshold (prob > t, t = 0, 1/255, .., 1)
+    # The curve from counts equals the direct form at every threshold: the 8-bit map round(255 prob) > k
     rng = np.random.default_rng(0)
     prob, truth = rng.random((9, 11)), rng.random((9, 11)) > 0.6
-    prob[0, 0], prob[0, 1] = 0.0, 1.0  # values exactly at the ends
-    direct = [pm.e_measure(prob > t, truth) for t in pm.E_THRESHOLDS]
+    prob[0, 0], prob[0, 1], prob[0, 2] = 0.0, 1.0, 1e-9  # the ends, and a sigmoid's "zero" (8-bit: 0)
+    eight_bit = np.rint(prob * 255)
+    direct = [pm.e_measure(eight_bit > k, truth) for k in range(256)]
     assert np.allclose(pm.e_measure_curve(prob, truth), direct, atol=1e-12)
-    assert np.allclose(pm.e_measure_curve(prob, np.zeros_like(truth)), [np.mean(prob <= t) for t in pm.E_THRESHOLDS])
-    # A perfect map: every threshold below 1 gives the truth (E = 1); at t = 1 the map is empty, so phi = 1/4 on
-    # every pixel (b = 0 -> xi = 0). meanEm = (255 + 1/4) / 256 (as the toolbox's), maxEm = 1.
-    row = pm.polyp_image_metrics(truth.astype(float), truth)
+    assert np.allclose(pm.e_measure_curve(prob, np.zeros_like(truth)), [np.mean(eight_bit <= k) for k in range(256)])
+    assert np.allclose(pm.e_measure_curve(prob, np.ones_like(truth)), [np.mean(eight_bit > k) for k in range(256)])
+    # A perfect map (a sigmoid's 1e-9 and 1 - 1e-9 are 0 and 255 in 8 bits): every threshold below 1 gives the
+    # truth (E = 1); at t = 1 the map is empty, so phi = 1/4 on every pixel (b = 0 -> xi = 0).
+    # meanEm = (255 + 1/4) / 256 (as the toolbox's), maxEm = 1.
+    row = pm.polyp_image_metrics(np.where(truth, 1 - 1e-9, 1e-9), truth)
     assert row["mean_em"] == pytest.approx((255 + 0.25) / 256)
-    assert [row[k] for k in ("dice", "iou", "sm")] == pytest.approx([1, 1, 1]) and row["mae"] == 0
+    assert [row[k] for k in ("dice", "iou", "sm")] == pytest.approx([1, 1, 1]) and row["mae"] < 1e-8
     assert row["em_curve"].max() == 1.0
     assert row["wfm"] == pytest.approx(1.0)
     # maxEm: the maximum over thresholds of the curve averaged over the images (not the mean of the maxima)
@@ -245,3 +248,38 @@ def test_polyp_trains_and_evaluates_every_test_set_end_to_end(tmp_path, capsys):
     kvasir_dice = np.mean([float(r["dice"]) for r in rows if r["set"] == "Kvasir"])
     assert kvasir_dice == pytest.approx(summary["sets"]["Kvasir"]["mDice"], abs=1e-5)
     assert summary["all_images"]["mDice"] == pytest.approx(np.mean([float(r["dice"]) for r in rows]), abs=1e-5)
+
+
+def test_each_set_is_scored_on_its_own_maps_with_a_known_model(tmp_path):
+    """A model whose probability is the image's first channel thresholded (ThresholdModel; 64 px images at the
+    network's 64 px, so nothing is resized): the maps are known, so each set's numbers are known."""
+    from builders import threshold_predictor
+    from vmunet.evaluate_polyp import evaluate_polyp_sets
+
+    truth = np.zeros((64, 64), np.uint8)
+    truth[10:30, 10:40] = 255  # 600 pixels
+    shifted = np.zeros_like(truth)
+    shifted[10:30, 20:50] = 255  # 600 pixels, 400 of them on the truth
+    for name, pictures in (("A-shifted", [shifted]), ("B-exact", [truth, truth])):
+        for sub in ("images", "masks"):
+            (tmp_path / "TestDataset" / name / sub).mkdir(parents=True)
+        for i, picture in enumerate(pictures):
+            Image.fromarray(np.repeat(picture[..., None], 3, 2)).save(tmp_path / "TestDataset" / name / "images"
+                                                                      / f"{name}{i}.png")
+            Image.fromarray(truth).save(tmp_path / "TestDataset" / name / "masks" / f"{name}{i}.png")
+    predictor, _ = threshold_predictor(num_classes=1, input_channels=3, image_size=64, dataset="polyp")
+    evaluation = evaluate_polyp_sets(predictor, polyp_test_sets(tmp_path), progress=False)
+    shifted_set, exact_set = evaluation["summary"]["sets"]["A-shifted"], evaluation["summary"]["sets"]["B-exact"]
+    # shifted: Dice 2 * 400 / 1200, IoU 400 / 800, MAE 400 wrong pixels of 4096 (probabilities 0 or 1 to 1e-8)
+    assert shifted_set["mDice"] == pytest.approx(2 / 3) and shifted_set["mIoU"] == pytest.approx(0.5)
+    assert shifted_set["MAE"] == pytest.approx(400 / 4096, abs=1e-6)
+    gt, binary = truth > 128, (shifted > 128).astype(float)
+    assert shifted_set["Sm"] == pytest.approx(pm.s_measure(binary, gt), abs=1e-6)
+    assert shifted_set["wFm"] == pytest.approx(pm.weighted_f_measure(binary, gt), abs=1e-6)
+    assert shifted_set["meanEm"] == pytest.approx(pm.e_measure_curve(binary, gt).mean(), abs=1e-6)
+    assert exact_set["images"] == 2 and exact_set["mDice"] == 1 and exact_set["maxEm"] == pytest.approx(1)
+    assert exact_set["MAE"] == pytest.approx(0, abs=1e-6) and exact_set["Sm"] == pytest.approx(1, abs=1e-6)
+    # the mean over sets counts each set once; the mean over all images counts each image once
+    assert evaluation["summary"]["mean_over_sets"]["mDice"] == pytest.approx((2 / 3 + 1) / 2)
+    assert evaluation["summary"]["all_images"]["mDice"] == pytest.approx((2 / 3 + 1 + 1) / 3)
+    assert [row["set"] for row in evaluation["rows"]] == ["A-shifted", "B-exact", "B-exact"]

@@ -11,8 +11,10 @@ Inputs per image: ``prob`` float (H, W) in [0, 1], the model's foreground probab
   weighted by 2 - 0.5^(d / 5) outside it, d the distance to the object (pixel importance).
 - ``s_measure``: Fan et al., "Structure-measure", ICCV 2017, alpha 0.5: 0.5 object-aware + 0.5 region-aware score.
 - ``e_measure``: Fan et al., "Enhanced-alignment measure", IJCAI 2018, for one binary map; ``e_measure_curve`` gives
-  it at the 256 thresholds 0, 1/255, .., 1 (foreground = prob > t, as PraNet's evaluation toolbox); ``meanEm`` is
-  the curve's mean, ``maxEm`` the maximum over thresholds of the curve averaged over a set's images.
+  it at the 256 thresholds t = 0, 1/255, .., 1 of PraNet's evaluation toolbox (foreground = map > t) on the map
+  quantised to 8 bits, q = round(255 prob), as the PNG maps the toolbox reads (so a background probability of
+  1e-9 is 0, not foreground at t = 0); ``meanEm`` is the curve's mean, ``maxEm`` the maximum over thresholds of
+  the curve averaged over a set's images.
 
 Where the papers leave a detail open, the authors' reference code decides (standard deviations with N - 1,
 MATLAB's rounding of the centroid, the empty-truth cases); one deviation: the E-measure divides by the W x H
@@ -33,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 EPS = np.finfo(np.float64).eps  # MATLAB's eps, as in the reference code's guards
-E_THRESHOLDS = np.linspace(0.0, 1.0, 256)  # 0, 1/255, .., 1: foreground = prob > t
+E_LEVELS = 256  # 8-bit maps: q = round(255 prob) in 0..255, thresholds q > k for k = 0..255 (t = k / 255)
 PER_IMAGE_KEYS = ("dice", "iou", "mae", "wfm", "sm", "mean_em")
 
 
@@ -184,27 +186,32 @@ def e_measure(foreground, gt) -> float:
     return float(enhanced_alignment_matrix(foreground, gt).mean())
 
 
-def e_measure_curve(prob, gt, thresholds: np.ndarray = E_THRESHOLDS) -> np.ndarray:
-    """E_phi of ``prob > t`` for every threshold t: (T,) float64.
+def quantise(prob) -> np.ndarray:
+    """The probability map as the 8-bit map a toolbox reads: round(255 prob), int64 (H, W) in 0..255."""
+    return np.rint(np.asarray(prob, dtype=np.float64) * (E_LEVELS - 1)).astype(np.int64)
+
+
+def e_measure_curve(prob, gt) -> np.ndarray:
+    """E_phi of ``quantise(prob) > k`` for k = 0..255 (the map above t = k / 255): (256,) float64.
 
     A binary map and a binary truth give phi only four values (one per truth/prediction combination), so the
-    curve follows from four pixel counts per threshold, read off the sorted probabilities; ``e_measure`` of the
-    thresholded map is the direct form (the tests compare the two).
+    curve follows from four pixel counts per threshold, read off the histograms of the 8-bit map on and off the
+    object; ``e_measure`` of the thresholded map is the direct form (the tests compare the two).
     """
     prob, gt = _inputs(prob, gt)
     n = gt.size
-    on_object = np.sort(prob[gt])
-    off_object = np.sort(prob[~gt])
-    tp = on_object.size - np.searchsorted(on_object, thresholds, side="right")  # (T,) prob > t on the object
-    fp = off_object.size - np.searchsorted(off_object, thresholds, side="right")
-    g = on_object.size
+    q = quantise(prob)
+    above = [np.cumsum(np.bincount(q[part], minlength=E_LEVELS)[::-1])[::-1] for part in (gt, ~gt)]
+    # above[.][k] = pixels with q >= k; q > k is the count from k + 1 on
+    tp, fp = (np.append(counts[1:], 0) for counts in above)  # (256,) on the object, off it
+    g = int(np.count_nonzero(gt))
     if g == 0:
         return (n - fp) / n  # mean of 1 - F
     if g == n:
         return tp / n  # mean of F
     fn, tn = g - tp, n - g - fp
-    mean_g, mean_f = g / n, (tp + fp) / n  # (T,)
-    total = np.zeros(len(thresholds))
+    mean_g, mean_f = g / n, (tp + fp) / n  # scalar, (256,)
+    total = np.zeros(E_LEVELS)
     for count, value_g, value_f in ((tp, 1, 1), (fp, 0, 1), (fn, 1, 0), (tn, 0, 0)):
         a, b = value_g - mean_g, value_f - mean_f
         xi = 2 * a * b / (a * a + b * b)
@@ -248,8 +255,9 @@ DEFINITIONS = {
     "MAE": "per image, mean |prob - mask| over the pixels, then the mean over images",
     "wFm": "weighted F-measure (Margolin et al., CVPR 2014), beta^2 = 1, of the probability map; an empty truth -> 0",
     "Sm": "S-measure (Fan et al., ICCV 2017), alpha 0.5, of the probability map; an empty truth -> 1 - mean(prob)",
-    "meanEm": "E-measure (Fan et al., IJCAI 2018) of prob > t averaged over the 256 thresholds t = 0, 1/255, .., 1 "
-    "(the last one empties every map), then over images; an empty truth -> mean(1 - F)",
+    "meanEm": "E-measure (Fan et al., IJCAI 2018) of the 8-bit map round(255 prob) > k averaged over k = 0..255 "
+    "(the toolbox's thresholds t = 0, 1/255, .., 1; the last one empties every map), then over images; an empty "
+    "truth -> mean(1 - F)",
     "maxEm": "the maximum over those thresholds of the E-measure averaged over the set's images",
     "probabilities": "the sigmoid output resized (bilinear) to the image's size, not min-max stretched",
 }
