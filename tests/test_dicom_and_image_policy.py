@@ -13,6 +13,8 @@ from builders import ThresholdModel, agreement, asymmetric_labels, threshold_pre
 from vmunet.cli import main
 
 SERIES_UID = "1.2.826.0.1.3680043.2.1125.1.4242"
+STUDY_UID = "1.2.826.0.1.3680043.2.1125.1.4241"
+FRAME_OF_REFERENCE_UID = "1.2.826.0.1.3680043.2.1125.1.4243"
 SPACING = (0.7, 1.3, 3.0)  # x, y, z
 ORIGIN = (-12.5, 30.25, 7.0)
 
@@ -26,7 +28,8 @@ def oblique_direction() -> tuple[float, ...]:
     return tuple((rx @ rz).ravel().tolist())
 
 
-def write_series(folder: Path, array: np.ndarray, uid: str = SERIES_UID, shuffle_names: bool = True):
+def write_series(folder: Path, array: np.ndarray, uid: str = SERIES_UID, shuffle_names: bool = True,
+                 thickness: bool = True):
     """(z, y, x) int16 -> one DICOM file per slice (SimpleITK's DicomSeriesFromArray pattern); the file names do
     not follow the slice order, so the reader has to order slices by their position. Returns the volume image."""
     import SimpleITK as sitk
@@ -48,6 +51,10 @@ def write_series(folder: Path, array: np.ndarray, uid: str = SERIES_UID, shuffle
         slice_.SetMetaData("0020|0013", str(z + 1))  # Instance Number
         slice_.SetMetaData("0028|0030", f"{SPACING[1]}\\{SPACING[0]}")  # Pixel Spacing: row (y), column (x)
         slice_.SetMetaData("0008|0060", "CT")
+        slice_.SetMetaData("0020|000d", STUDY_UID)  # one study and frame of reference, as a scanner writes them
+        slice_.SetMetaData("0020|0052", FRAME_OF_REFERENCE_UID)
+        if thickness:
+            slice_.SetMetaData("0018|0050", str(SPACING[2]))  # Slice Thickness
         writer.SetFileName(str(folder / f"IM{(depth - 1 - z) if shuffle_names else z:04d}.dcm"))
         writer.Execute(slice_)
     return volume
@@ -112,6 +119,54 @@ def test_a_folder_of_two_series_writes_one_file_per_series_uid(tmp_path, monkeyp
     assert sorted(by_name) == ["a_1.2.3.1.nii.gz", "a_1.2.3.2.nii.gz"]
     assert agreement(by_name["a_1.2.3.1.nii.gz"], first) > 0.97
     assert agreement(by_name["a_1.2.3.2.nii.gz"], second) > 0.97
+
+
+def test_dicom_seg_output_references_the_series_slices_and_holds_the_labels(tmp_path, monkeypatch, capsys):
+    sitk = pytest.importorskip("SimpleITK")
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+
+    run = known_run(tmp_path, monkeypatch)
+    truth = series_truth()
+    write_series(tmp_path / "CT_0001", truth.astype(np.int16))
+    out = tmp_path / "out"
+    assert main(["predict", "--run-dir", str(run), str(tmp_path / "CT_0001"), "--out", str(out), "--device", "cpu",
+                 "--dicom-seg"]) == 0, capsys.readouterr().err
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "CT_0001.nii.gz")))  # (z, y, x)
+    seg = hd.seg.segread(out / "CT_0001.seg.dcm")
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["class1", "class2"]  # the run's label names
+    assert seg.StudyInstanceUID == STUDY_UID and seg.FrameOfReferenceUID == FRAME_OF_REFERENCE_UID
+    # slice z of the series: the file at image position z, whatever its name
+    by_position = {}
+    for path in (tmp_path / "CT_0001").iterdir():
+        source = pydicom.dcmread(path)
+        by_position[int(round(np.dot(np.subtract(source.ImagePositionPatient, ORIGIN),
+                                     np.reshape(oblique_direction(), (3, 3))[:, 2]) / SPACING[2]))] = source
+    uids = [by_position[z].SOPInstanceUID for z in range(len(by_position))]
+    stored = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
+    assert stored.shape == truth.shape and np.array_equal(stored, labels)  # (frames, rows, columns) = (z, y, x)
+    assert agreement(stored, truth) > 0.97
+
+
+def test_dicom_seg_errors_name_the_extra_or_the_series_and_write_nothing(tmp_path, monkeypatch, capsys):
+    import sys
+
+    pytest.importorskip("SimpleITK")
+    pytest.importorskip("highdicom")
+    from vmunet.predict import predict_paths
+
+    run = known_run(tmp_path, monkeypatch)
+    write_series(tmp_path / "CT", series_truth(3).astype(np.int16), thickness=False)  # highdicom needs it
+    lines = []
+    summary = predict_paths(run, [tmp_path / "CT"], tmp_path / "out", device="cpu", dicom_seg=True,
+                            report=lines.append)
+    assert summary.exit_code == 1 and len(lines) == 1
+    assert str(tmp_path / "CT") in lines[0] and "cannot write a DICOM SEG" in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    monkeypatch.setitem(sys.modules, "highdicom", None)
+    with pytest.raises(ImportError, match=r"--dicom-seg needs highdicom: pip install 'vmunet\[dicom-seg\]'"):
+        predict_paths(run, [tmp_path / "CT"], tmp_path / "out2", device="cpu", dicom_seg=True)
+    assert not (tmp_path / "out2").exists()
 
 
 @pytest.mark.parametrize("content", ["empty", "not-dicom"])

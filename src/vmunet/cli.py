@@ -208,8 +208,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, several: bool = False) ->
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser, several=True)
     parser.add_argument("inputs", nargs="*", metavar="INPUT",  # at least one: see split_run_folders
-                        help="image files (PNG, JPG, TIFF, BMP), volumes (.nii, .nii.gz, .npy.h5) or folders of "
-                             "them; for a multi-channel NIfTI run, each case's CASE_0000 .. CASE_000{C-1} files "
+                        help="image files (PNG, JPG, TIFF, BMP), volumes (.nii, .nii.gz, .mha, .mhd, .nrrd, "
+                             ".npy.h5), folders of them, or folders holding a DICOM series (-> FOLDER.nii.gz); "
+                             "for a multi-channel NIfTI run, each case's CASE_0000 .. CASE_000{C-1} files "
                              "(-> CASE.nii.gz)")
     parser.add_argument("--out", required=True, help="output folder: masks as PNG, volumes as NIfTI, same stems")
     parser.add_argument("--tta", action="store_true",
@@ -223,6 +224,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write OUT/STEM.npz beside each mask: key probabilities, float32 (K, H, W) or "
                              "(K, D, H, W) in the input's axis order, K classes including the background")
+    parser.add_argument("--dicom-seg", action="store_true",
+                        help="also write OUT/FOLDER.seg.dcm for each DICOM series input: a DICOM SEG (one segment "
+                             "per class) that references the series (needs pip install 'vmunet[dicom-seg]')")
     parser.add_argument("--postprocessing", metavar="FILE.json", help=POSTPROCESSING_HELP)
 
 
@@ -234,7 +238,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = predict_paths(args.run_dir, args.inputs, args.out, checkpoint=args.checkpoint, tta=args.tta,
                             overlay=args.overlay, batch_size=args.batch_size, device=args.device,
                             skip_existing=args.skip_existing, save_probabilities=args.save_probabilities,
-                            allow_pickle=args.trust_checkpoint, postprocessing=args.postprocessing)
+                            allow_pickle=args.trust_checkpoint, postprocessing=args.postprocessing,
+                            dicom_seg=args.dicom_seg)
     print(f"vmunet predict: {summary.describe()}; outputs in {args.out}")
     return summary.exit_code
 
