@@ -185,6 +185,16 @@ def test_a_dicom_folder_without_a_readable_series_is_a_one_line_error(tmp_path, 
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_one_slice_of_a_series_given_as_input_asks_for_its_folder(tmp_path):
+    from vmunet.predict import collect_inputs
+
+    (tmp_path / "CT").mkdir()
+    (tmp_path / "CT" / "IM0001").write_bytes(b"\0" * 128 + b"DICM")  # no ending: the marker says DICOM
+    files, problems = collect_inputs([tmp_path / "CT" / "IM0001"])
+    assert files == [] and problems == [(tmp_path / "CT" / "IM0001", "a DICOM file: give the folder of its series "
+                                                                      "as the input")]
+
+
 def test_a_dicom_folder_without_simpleitk_names_the_extra(tmp_path, monkeypatch):
     import sys
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmunet.data.dicom import DicomSeries, dicom_files, find_series, read_dicom_series
+from vmunet.data.dicom import DicomSeries, dicom_files, find_series, looks_like_dicom, read_dicom_series
 from vmunet.data.readers import (input_kind, list_folder, output_stem, read_h5_volume, read_image_file,
                                  read_nifti_case, read_nifti_volume, read_sitk_volume, sitk_labels)
 from vmunet.inference import Ensemble, Prediction, Predictor, check_ensemble_runs, load_predictor
@@ -50,9 +50,11 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple
                 problems.append((path, "folder holds no PNG/JPG/TIFF/BMP images, NIfTI, .mha/.mhd/.nrrd or .h5 "
                                        "volumes, or DICOM series"))
             files.extend(found)
+        elif looks_like_dicom(path):  # one slice of a series: the series is the input
+            problems.append((path, "a DICOM file: give the folder of its series as the input"))
         elif input_kind(path) is None:
             problems.append((path, "unsupported file type (expected an image, .nii, .nii.gz, .mha, .mhd, .nrrd or "
-                                   ".npy.h5)"))
+                                   ".npy.h5, or a folder holding a DICOM series)"))
         else:
             files.append(path)
     return list(dict.fromkeys(files)), problems
