@@ -10,7 +10,7 @@ import pytest
 import vmunet.cli as cli
 from builders import make_isic
 
-COMMANDS = {"train", "evaluate", "cv", "predict", "export", "serve", "demo", "forward"}
+COMMANDS = {"train", "evaluate", "cv", "predict", "export", "serve", "demo", "forward", "info"}
 
 
 def commands(parser: argparse.ArgumentParser) -> set[str]:

@@ -340,6 +340,36 @@ def add_export_parser(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    """Parameters by part, MACs (the selective scan included and apart) and the forward time of a preset."""
+    import json
+
+    from vmunet.model_info import format_info, model_info
+
+    info = model_info(args.model, num_classes=args.num_classes, input_channels=args.input_channels,
+                      image_size=args.image_size, scan_backend=args.scan_backend, device=args.device,
+                      repeats=args.repeats)
+    print(json.dumps(info.as_json(), indent=2) if args.json else format_info(info))
+    return 0
+
+
+def add_info_parser(sub) -> None:
+    p = sub.add_parser("info", help="parameters, multiply-accumulates (scan included) and forward time of a model",
+                       allow_abbrev=False,
+                       description="Count a preset's parameters by part and its multiply-accumulates by kind and "
+                                   "part on one (1, C, S, S) input (the selective scan counted as VMamba's "
+                                   "flops_selective_scan_ref), and time its forward on this machine.")
+    p.add_argument("--model", default="vmunet", choices=sorted(PRESETS), help="model preset (default vmunet)")
+    p.add_argument("--num-classes", type=int, default=1, help="output classes (default 1)")
+    p.add_argument("--input-channels", type=int, default=3, help="input channels (default 3)")
+    p.add_argument("--image-size", type=int, default=256, help="input side, a multiple of 32 (default 256)")
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N: where the forward is timed")
+    p.add_argument("--repeats", type=int, default=3, help="timed forwards after the warm-up (default 3)")
+    p.add_argument("--json", action="store_true", help="print JSON (keys parameters, gmacs, scan_gmacs, ...)")
+    add_scan_backend_argument(p)
+    p.set_defaults(func=cmd_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmunet", allow_abbrev=False,
                                      description="VM-UNet (Vision Mamba UNet) for medical image segmentation")
@@ -354,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_demo_parser(sub)
     add_forward_parser(sub)
+    add_info_parser(sub)
     return parser
 
 
