@@ -11,8 +11,10 @@ Writes, each file whole or not at all (nothing on failure):
 
 - ``OUT/per_case.csv``: one row per training case, the fold that predicted it, DSC, IoU and HD95 per class
   and their means over classes (the metric rules of ``vmunet evaluate``: ``empty_mask_policy`` in summary.json).
-- ``OUT/summary.json``: per class and for the mean over classes, each metric's mean and sample standard
-  deviation over the cases, each fold's means, and the mean and standard deviation of those over the folds.
+- ``OUT/summary.json``: ``over_cases`` (per class, and ``mean`` of the per-case means over classes: each
+  metric's ``mean``, sample ``std`` and ``n`` over the cases), ``per_fold`` (the same for each fold's cases),
+  ``over_folds`` (mean and std of the fold means), ``mean_dice``, ``mean_iou``, ... (the protocol's mean over
+  classes of the class means, as ``vmunet evaluate``), ``runs`` (fold -> run folder) and the rules used.
 - ``OUT/postprocessing.json``: whether keeping the largest connected component raises the out-of-fold DSC
   (``vmunet.postprocessing``), for ``vmunet predict`` / ``vmunet evaluate --postprocessing``.
 """
