@@ -107,3 +107,22 @@ def test_summary_csv_and_table_include_nsd(tmp_path):
     assert header[-4:] == ["nsd_spleen", "mean_dice", "mean_hd95", "mean_nsd"]
     table = format_table(rows, ["liver", "spleen"]).splitlines()
     assert table[0].split()[-2:] == ["NSD", "(%)"] and table[-1].split()[-1] == "50.00"
+
+
+def test_evaluate_scores_nsd_at_the_tolerance_it_is_given():
+    from builders import threshold_predictor
+    from vmunet.evaluate import evaluate_cases
+
+    predictor, info = threshold_predictor(num_classes=1, input_channels=1, image_size=64, dataset="isic")
+    truth = np.zeros((64, 64), np.int64)
+    truth[20:40, 20:40] = 1
+    shown = np.roll(truth, 2, axis=1)  # the threshold model predicts exactly this mask: 2 px to the right
+    cases = [{"image": shown[..., None].astype(np.float32), "label": truth, "case_id": "shifted"}]
+    scores = {}
+    for tolerance in (1.0, 2.0):
+        summary = evaluate_cases(predictor.model, info, "images", cases, device="cpu", progress=False,
+                                 nsd_tolerance_mm=tolerance)["summary"]
+        assert summary["nsd_tolerance_mm"] == tolerance
+        scores[tolerance] = summary["mean_nsd"]
+        assert scores[tolerance] == pytest.approx(nsd(shown, truth, tolerance))
+    assert scores[1.0] < scores[2.0] == 1.0  # every border pixel is within 2 px of the other border

@@ -34,8 +34,11 @@ from vmunet.runtime.writers import check_output_folder, write_text_atomic
 @scan_workspace()  # frees the CPU scan's scratch buffers when the cases are scored
 def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_size: int = 8,
                    progress: bool = True, predictor: Segmenter | None = None,
-                   postprocessing: Postprocessing | None = None) -> dict:
+                   postprocessing: Postprocessing | None = None, nsd_tolerance_mm: float | None = None) -> dict:
     """{"summary": dict, "rows": per-case dicts, "table": printable text} for 2D images or volumes.
+
+    ``nsd_tolerance_mm``: the NSD tolerance (the run's config key; None: ``metrics.NSD_TOLERANCE_MM``), in mm
+    for cases with a spacing, in pixels/voxels for the others.
 
     ``predictor``: a ready Predictor or Ensemble to score instead of ``model`` (then None) with ``info``."""
     from vmunet import metrics
@@ -50,6 +53,7 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
 
         return evaluate_polyp_sets(predictor, cases, progress)
     rows, masks, truths = [], [], []
+    tolerance = metrics.NSD_TOLERANCE_MM if nsd_tolerance_mm is None else nsd_tolerance_mm
     for index in progress_bar(range(len(cases)), len(cases), f"evaluating {kind}", progress):
         case = cases[index]
         if kind == "images":
@@ -61,15 +65,16 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
         if info.num_classes == 1:
             masks.append(pred.astype(bool))
             truths.append(case["label"].astype(bool))
+        spacing = case.get("spacing")
         if kind == "images" and info.num_classes == 1:
-            rows.append(metrics.binary_image_metrics(pred, case["label"], spacing=case.get("spacing"),
-                                                     case_id=case["case_id"]))
+            rows.append(metrics.binary_image_metrics(pred, case["label"], spacing=spacing, case_id=case["case_id"],
+                                                     nsd_tolerance_mm=tolerance))
         elif kind == "images":  # multi-class 2D folders: per-class DSC, IoU, HD95 (pixels)
-            rows.append(metrics.multiclass_image_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
-                                                         case_id=case["case_id"]))
+            rows.append(metrics.multiclass_image_metrics(pred, case["label"], classes, spacing=spacing,
+                                                         case_id=case["case_id"], nsd_tolerance_mm=tolerance))
         else:
-            rows.append(metrics.synapse_case_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
-                                                     case_id=case["case_id"]))
+            rows.append(metrics.synapse_case_metrics(pred, case["label"], classes, spacing=spacing,
+                                                     case_id=case["case_id"], nsd_tolerance_mm=tolerance))
     summary = metrics.summarize_cases(rows, names)
     summary["cases"] = len(rows)
     if postprocessing is not None:
@@ -78,6 +83,7 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
     policy = metrics.IMAGE_POLICY if binary_images else (
         metrics.MULTICLASS_IMAGE_POLICY if kind == "images" else metrics.VOLUME_POLICY)
     summary["empty_mask_policy"] = dict(policy)
+    summary["nsd_tolerance_mm"] = tolerance  # pixels/voxels for cases without a spacing
     table = metrics.format_table(rows, names, per_case=kind == "volumes")
     if info.num_classes == 1:  # the ISIC protocol: pixels pooled over all images, and the per-image mean
         summary["pooled"] = metrics.pooled_binary_metrics(masks, truths)
@@ -134,7 +140,7 @@ def evaluate(run_dir: str | Path | list[str | Path], data_dir: str | Path | None
     if len(cases) == 0:
         raise ValueError(f"the {split} split of {data_dir or config.data} is empty")
     evaluation = evaluate_cases(model, info, kind, cases, device=device, batch_size=batch_size, progress=progress,
-                                postprocessing=spec)
+                                postprocessing=spec, nsd_tolerance_mm=config.nsd_tolerance_mm)
     evaluation["summary"].update(split=split, checkpoint=checkpoint, epoch=payload.get("epoch"))
     write_evaluation(run_dir, evaluation, out_dir)
     echo(evaluation["table"])
@@ -163,7 +169,8 @@ def evaluate_ensemble(run_dirs: list[str | Path], out_dir: str | Path | None, da
     ensemble = Ensemble.from_runs(run_dirs, checkpoint, device=device, batch_size=batch_size,
                                   allow_pickle=allow_pickle)
     evaluation = evaluate_cases(None, ensemble.info, kind, cases, device=device, batch_size=batch_size,
-                                progress=progress, predictor=ensemble, postprocessing=spec)
+                                progress=progress, predictor=ensemble, postprocessing=spec,
+                                nsd_tolerance_mm=config.nsd_tolerance_mm)
     members = [{"run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint), "epoch": m.epoch}
                for m in ensemble.members]
     evaluation["summary"].update(split=split, checkpoint=checkpoint, data=str(data_dir or config.data),
