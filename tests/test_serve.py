@@ -180,6 +180,34 @@ def test_nifti_round_trip_keeps_the_affine(volume_run, tmp_path):
     assert [row["id"] for row in stats["classes"]] == [0, 1, 2]
 
 
+def test_mha_volume_round_trip_keeps_its_geometry(volume_run, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    client = TestClient(create_app(volume_run, device="cpu"))
+    image = sitk.GetImageFromArray(np.random.default_rng(8).normal(size=(3, 30, 44)).astype(np.float32))
+    image.SetSpacing((0.8, 0.7, 2.5))
+    image.SetOrigin((-10.0, 5.0, 30.0))
+    source = tmp_path / "scan.mha"
+    sitk.WriteImage(image, str(source))
+    data = source.read_bytes()
+    response = post(client, "scan.mha", data)
+    assert response.status_code == 200, response.text
+    assert 'filename="scan_mask.mha"' in response.headers["content-disposition"]
+    served = tmp_path / "served.mha"
+    served.write_bytes(response.content)
+    served_image, expected = sitk.ReadImage(str(served)), sitk.ReadImage(str(predicted_file(volume_run, tmp_path,
+                                                                                            "scan.mha", data)))
+    assert served_image.GetSize() == (44, 30, 3) and served_image.GetSpacing() == pytest.approx((0.8, 0.7, 2.5))
+    assert served_image.GetOrigin() == pytest.approx((-10.0, 5.0, 30.0))
+    labels = sitk.GetArrayFromImage(expected)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(served_image), labels)
+    assert len(np.unique(labels)) > 1
+    stats = post(client, "scan.mha", data, format="json").json()
+    assert stats["spacing_mm"] == pytest.approx([0.8, 0.7, 2.5])
+    for row in stats["classes"]:
+        voxels = int((labels == row["id"]).sum())
+        assert row["pixels"] == voxels and row["volume_ml"] == pytest.approx(voxels * 0.8 * 0.7 * 2.5 / 1000)
+
+
 def test_upload_limit_413_then_still_serving(client):
     big = bytes(80 * 1024)  # over the fixture's 0.05 MiB
     assert_one_line(post(client, "big.png", big), 413, "limit")

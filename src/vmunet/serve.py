@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet.data.readers import input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_volume
+from vmunet.data.readers import (input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_volume,
+                                 read_sitk_volume)
 from vmunet.inference import Ensemble, Prediction, Segmenter, load_predictor
 from vmunet.ops import use_backend
 from vmunet.ops.workspace import scan_workspace
@@ -113,9 +114,12 @@ async def _send_json(send, status: int, payload: dict) -> None:
 
 def _spacing_of(reference) -> tuple[float, ...] | None:
     """Voxel sizes in mm from a NIfTI header (units metres and microns converted; unknown units taken as mm,
-    as NIfTI readers do), or None."""
+    as NIfTI readers do) or a SimpleITK image (ITK's spacing is in mm), or None."""
     if reference is None:
         return None
+    if hasattr(reference, "GetSpacing"):
+        spacing = tuple(float(v) for v in reference.GetSpacing())
+        return spacing if len(spacing) == 3 and all(np.isfinite(v) and v > 0 for v in spacing) else None
     try:
         zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
         unit = reference.header.get_xyzt_units()[0]
@@ -278,7 +282,8 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
                 "dataset": info.dataset, "kind": "volumes" if info.is_volumetric else "images",
                 "num_classes": info.num_classes, "label_names": list(info.label_names),
                 "input_channels": info.input_channels, "image_size": info.image_size, "tta": predictor.tta,
-                "max_upload_bytes": max_bytes, "accepts": ".png .jpg .jpeg .bmp .tif .tiff .nii .nii.gz .npy.h5",
+                "max_upload_bytes": max_bytes,
+                "accepts": ".png .jpg .jpeg .bmp .tif .tiff .nii .nii.gz .mha .nrrd .npy.h5",
                 "members": [{"run": m.run_dir.name if m.run_dir else None, "model": m.info.model_preset,
                              "image_size": m.info.image_size} for m in members]}
 
@@ -286,7 +291,7 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
               responses={200: {"content": {"image/png": {}, "application/gzip": {}, "application/json": {}},
                                "description": "the mask (PNG or NIfTI), or the class statistics as JSON"}})
     def predict(file: UploadFile = File(..., description="an image (PNG, JPG, TIFF, BMP) or a volume "
-                                                         "(.nii, .nii.gz, .npy.h5)"),
+                                                         "(.nii, .nii.gz, .mha, .nrrd, .npy.h5)"),
                 format: str = Query("mask", description="mask (default) or json"),
                 preview: bool = Query(False, description="with format=json: add the pictures the page draws "
                                                          "and the mask file (base64)"),
@@ -298,7 +303,7 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
         kind = input_kind(Path(name))
         if kind is None:
             raise HTTPException(415, f"{name}: unsupported file type (expected an image .png .jpg .tif .bmp, "
-                                     "or a volume .nii .nii.gz .npy.h5)")
+                                     "or a volume .nii .nii.gz .mha .nrrd .npy.h5)")
         try:
             pixel_spacing = _parse_spacing(spacing)
         except ValueError as error:
@@ -331,6 +336,9 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
             elif kind == "nifti":
                 data, reference = read_nifti_volume(path)
                 predictor.check_volume(data)
+            elif kind == "sitk":  # .mha, .nrrd (an .mhd's pixel file cannot come along): SimpleITK, the itk extra
+                data, reference = read_sitk_volume(path)  # (z, x, y), the SimpleITK image
+                predictor.check_volume(data)
             else:
                 data, reference = read_h5_volume(path), None
                 predictor.check_volume(data)
@@ -357,8 +365,9 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
             _write_image_outputs(job, data, prediction, predictor.num_classes, out_dir, overlay=False,
                                  save_probabilities=False, **_writer_info(predictor))
             media, download = "image/png", f"{stem}_mask.png"
-        else:
-            suffix = ".nii" if kind == "nifti" and not name.lower().endswith(".gz") else ".nii.gz"
+        else:  # the labels in the input's format, as vmunet predict writes them
+            suffix = Path(name).suffix.lower() if kind == "sitk" else (
+                ".nii" if kind == "nifti" and not name.lower().endswith(".gz") else ".nii.gz")
             job = _Job(path, kind, out_dir / f"{stem}{suffix}", stem)
             _write_volume_outputs(job, data, reference, prediction, out_dir, overlay=False, save_probabilities=False)
             media = "application/gzip" if suffix == ".nii.gz" else "application/octet-stream"
