@@ -98,6 +98,12 @@ def test_training_cases_rebuild_volumes_by_id_in_order(tmp_path):
     assert np.array_equal(volumes[0]["image"], np.stack(slices))
     with pytest.raises(ValueError, match="has no case case0100"):  # a test case is no training case
         training_cases(config, None, ["case0100"])
+    nnunet = make_nnunet(tmp_path / "n", train_cases=3, test_cases=1, shape=(32, 32, 3))
+    kind, volumes = training_cases(fold_config(nnunet, "nifti", 3, 0), None, ["caseTr002"])
+    assert kind == "volumes" and volumes[0]["case_id"] == "caseTr002" and volumes[0]["image"].shape == (3, 32, 32)
+    assert volumes[0]["spacing"] == pytest.approx((2.0, 0.9, 0.8))  # (D, H, W) = stored (z, x, y): HD95 in mm
+    with pytest.raises(ValueError, match="has no case caseTs000"):
+        training_cases(fold_config(nnunet, "nifti", 3, 0), None, ["caseTs000"])
 
 
 @pytest.mark.parametrize("values, message", [
