@@ -167,3 +167,42 @@ def test_batch_blocks_give_the_whole_batch_result(monkeypatch, per_block):
     got = grads_of(selective_scan_torch, x, wanted, weight, with_last=True)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-9, atol=1e-9, msg=lambda m: f"{name}: {m}")
+
+
+def test_gpu_batch_blocks_keep_each_scratch_buffer_within_the_budget():
+    """On GPUs a block holds as many batch elements as keep a (T, n, D, N, nc) buffer within GPU_BUFFER_BYTES:
+    at the paper model's stages and batch 32 that is 5, 10, 21 and 32 (not the whole batch, ~6 GB per buffer at
+    stage 1); the CPU's rule is unchanged."""
+    from vmunet.ops.scan_chunked import GPU_BUFFER_BYTES, batch_block
+
+    blocks = []
+    for L, D in ((4096, 768), (1024, 1536), (256, 3072), (64, 6144)):  # stages 1-4 at 256x256, N 16
+        T = balanced_chunk_length(L)
+        per_step = D * 16 * -(-L // T)
+        block = batch_block(32, per_step, T, "cuda", 4)
+        buffer = per_step * T * 4
+        assert block * buffer <= GPU_BUFFER_BYTES and (block == 32 or (block + 1) * buffer > GPU_BUFFER_BYTES)
+        blocks.append(block)
+    assert blocks == [5, 10, 21, 32]
+    assert batch_block(3, 10 ** 12, 64, "cuda", 4) == 1  # a buffer over budget for one element: still one
+    assert batch_block(32, 786432, 64, "cpu", 4) == 1 and batch_block(32, 1 << 16, 8, "cpu", 4) == 8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_stage1_batch32_training_scan_stays_within_a_few_buffers():
+    """The paper model's stage-1 scan, batch 32, forward + backward on CUDA: the scan's own memory stays under
+    8 GiB (its inputs, outputs and gradients ~5 GB, scratch ~2 GiB); whole-batch scratch was ~6.4 GB per buffer,
+    two of them at once in the backward alone."""
+    b, D, G, L, N = 32, 768, 4, 4096, 16
+    x = {k: v.detach().float().cuda().requires_grad_() for k, v in make_inputs(1, D, G, 1, N=N).items()}
+    x["u"] = torch.randn(b, D, L, device="cuda", requires_grad=True)
+    x["delta"] = torch.randn(b, D, L, device="cuda", requires_grad=True)
+    x["B"] = torch.randn(b, G, N, L, device="cuda", requires_grad=True)
+    x["C"] = torch.randn(b, G, N, L, device="cuda", requires_grad=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    selective_scan_torch(**x, delta_softplus=True).sum().backward()
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < 8 * 2 ** 30

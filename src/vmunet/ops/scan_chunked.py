@@ -27,7 +27,8 @@ number, so long sequences and huge steps underflow to 0 instead of overflowing. 
 
 On the CPU the batch goes in blocks of ~0.5 M state elements per step (one element of the paper model's stage
 1, the whole batch of a small model) so that the per-step working set stays in cache while Python's per-op
-cost stays amortised; on other devices the whole batch goes at once (bigger kernels matter more there).
+cost stays amortised; on other devices in blocks whose biggest scratch buffers stay within 1 GiB each (bigger
+kernels matter more there, but the whole batch of a big model would need several ~6 GB buffers at once).
 """
 
 from __future__ import annotations
@@ -101,17 +102,27 @@ def _flush_denormals(x: torch.Tensor):
         torch.set_flush_denormal(False)
 
 
-STEP_ELEMENTS = 1 << 19  # per-step op size the CPU batch blocks aim for (see _batch_block)
+STEP_ELEMENTS = 1 << 19  # per-step op size the CPU batch blocks aim for (see batch_block)
+GPU_BUFFER_BYTES = 1 << 30  # the largest scratch buffer of one batch block on other devices (see batch_block)
 
 
-def _batch_block(x: torch.Tensor, per_element: int) -> int:
-    """Batch elements processed together. On the CPU, just enough that each step's ops cover ~0.5 M
-    elements: one element of the paper model's stage 1 (786 k) keeps its working set in the L3 cache, while
-    the small models' steps (~100 k per element) would otherwise pay Python's per-op cost once per element
-    (a whole batch at once measured 25 % faster on a vmunet-tiny training step). Elsewhere the whole batch."""
-    if x.device.type != "cpu":
-        return x.shape[0]
-    return max(1, min(x.shape[0], STEP_ELEMENTS // max(per_element, 1)))
+def batch_block(batch: int, per_step: int, steps: int, device_type: str, element_size: int) -> int:
+    """Batch elements processed together; per_step: elements of one step's op per batch element (D N nc),
+    steps: the T steps of a chunk, whose decays and states the biggest scratch buffers hold (T, n, D, N, nc).
+
+    On the CPU, just enough that each step's ops cover ~0.5 M elements: one element of the paper model's stage 1
+    (786 k) keeps its working set in the L3 cache, while the small models' steps (~100 k per element) would
+    otherwise pay Python's per-op cost once per element (a whole batch at once measured 25 % faster on a
+    vmunet-tiny training step). Elsewhere (GPUs) as many as keep each of those buffers within GPU_BUFFER_BYTES:
+    the whole batch made every buffer (B, D, L, N)-sized, ~6 GB each for the paper model at batch 32, several at
+    once in the backward; blocks of 5 at its stage 1 still give each step's op ~4 M elements."""
+    if device_type == "cpu":
+        return max(1, min(batch, STEP_ELEMENTS // max(per_step, 1)))
+    return max(1, min(batch, GPU_BUFFER_BYTES // max(per_step * steps * element_size, 1)))
+
+
+def _batch_block(x: torch.Tensor, per_element: int, steps: int = 1) -> int:
+    return batch_block(x.shape[0], per_element, steps, x.device.type, x.element_size())
 
 
 def _chunk_decay(dt_c: torch.Tensor, A2: torch.Tensor) -> torch.Tensor:
@@ -180,7 +191,7 @@ class _Block:
 
 
 def _blocks(dt, du, B, C, T, nc):
-    step = _batch_block(dt, dt.shape[1] * B.shape[2] * nc)
+    step = _batch_block(dt, dt.shape[1] * B.shape[2] * nc, T)
     for i in range(0, dt.shape[0], step):
         rows = slice(i, i + step)
         yield rows, _Block(dt, du, B, C, rows, T, nc)
