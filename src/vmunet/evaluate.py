@@ -51,6 +51,10 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
     if kind == "polyp":  # {set name: samples}, each set on its own with the polyp metrics
         from vmunet.evaluate_polyp import evaluate_polyp_sets
 
+        if postprocessing is not None:  # most of its metrics read the probability map, not the labels
+            raise ValueError(f"{postprocessing.source}: the polyp protocol scores probability maps; "
+                             "--postprocessing applies to label maps (use it with vmunet predict)")
+
         return evaluate_polyp_sets(predictor, cases, progress)
     rows, masks, truths = [], [], []
     tolerance = metrics.NSD_TOLERANCE_MM if nsd_tolerance_mm is None else nsd_tolerance_mm
