@@ -187,6 +187,19 @@ def test_save_probabilities_npz_beside_each_mask_in_stored_axis_order(runs, tmp_
     np.testing.assert_allclose(probs, expected.probabilities, atol=1e-6)
 
 
+def test_two_inputs_of_one_stem_cannot_share_a_probabilities_file(runs, tmp_path, capsys):
+    import nibabel as nib
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(inputs / "case.png")
+    nib.save(nib.Nifti1Image(np.zeros((20, 30, 2), np.float32), np.eye(4)), str(inputs / "case.nii.gz"))
+    code, err = run_cli(capsys, "predict", "--run-dir", runs["va"], inputs, "--out", tmp_path / "out",
+                        "--save-probabilities")
+    assert code == 2 and "\n" not in err and "case.npz" in err and "separate --out folders" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_save_probabilities_of_an_mha_volume_follow_simpleitk_array_order(runs, tmp_path, capsys):
     sitk = pytest.importorskip("SimpleITK")
     inputs = tmp_path / "in"

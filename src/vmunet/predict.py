@@ -267,9 +267,9 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
     problems += unreadable
     inputs_read += [path for one in series for path in one.files]
     jobs = plan_outputs(files, out_dir, cases, series)
+    planned = planned_files(jobs, out_dir, overlay, save_probabilities, inputs_read)  # its errors come first
     check_output_folder(out_dir)
-    refuse_overwriting(planned_files(jobs, out_dir, overlay, save_probabilities, inputs_read),
-                       inputs_read + [path for run in runs for path in run_folder_files(run)])
+    refuse_overwriting(planned, inputs_read + [path for run in runs for path in run_folder_files(run)])
     summary = PredictSummary()
     for path, problem in problems:
         summary.failed.append((path, problem))
