@@ -244,6 +244,9 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
     ``dicom_seg``: a DICOM series also gets ``OUT/<stem>.seg.dcm``, a DICOM SEG of its labels that references
     the series (``vmunet.runtime.dicom_seg``; the ``dicom-seg`` extra); other inputs are predicted as usual.
 
+    ``postprocessing``: a postprocessing.json of ``vmunet cv`` (``vmunet.postprocessing``), applied to every label
+    map before it is written; the probabilities stay as the network gave them.
+
     An input that cannot be read or predicted is reported (one line through ``report``) and skipped; the
     others are still predicted, and the summary's ``exit_code`` is 1.
     """
