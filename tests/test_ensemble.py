@@ -63,6 +63,10 @@ def test_image_probabilities_are_the_mean_of_members_with_their_own_sizes(runs):
     assert (a.info.image_size, b.info.image_size) == (64, 32)
     ensemble = load_predictor([runs["a"], runs["b"]], device="cpu")
     assert isinstance(ensemble, Ensemble) and ensemble.run_dirs == [runs["a"], runs["b"]]
+    assert isinstance(load_predictor(runs["a"], device="cpu"), Predictor)  # one run: today's Predictor
+    import vmunet
+
+    assert vmunet.Ensemble is Ensemble and vmunet.load_predictor is load_predictor  # the top-level API mirror
     image = blob_image(np.random.default_rng(0), 45, 70)[0]  # non-square, neither member's network size
     pa, pb = a.predict(image).probabilities, b.predict(image).probabilities  # (1, 45, 70) each
     assert not np.allclose(pa, pb, atol=1e-2), "members must differ for the mean to mean something"
@@ -132,6 +136,11 @@ def test_evaluate_an_ensemble_needs_out_and_records_the_members(runs, tmp_path, 
     assert [m["run_dir"] for m in summary["ensemble"]] == [str(runs["b"]), str(runs["c"])]
     assert [m["epoch"] for m in summary["ensemble"]] == [2, 7]  # each member's own checkpoint
     assert (out / "per_case.csv").is_file() and not (runs["b"] / "eval").exists()
+    code, err = run_cli(capsys, "evaluate", "--run-dir", runs["c"], "--split", "val", "--out", tmp_path / "one",
+                        "--no-progress")  # one run with --out: there, not in the run folder
+    assert code == 0, err
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["epoch"] == 7
+    assert not (runs["c"] / "eval").exists()
     # The scores are the ensemble's: recompute each case's DSC from the ensemble's labels.
     from vmunet.config import config_from_dict
     from vmunet.data.splits import evaluation_cases
