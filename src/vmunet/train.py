@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 import vmunet
 from vmunet.config import TrainConfig, config_from_dict
 from vmunet.data.transforms import recipe_interpolation
+from vmunet.ops import resolve_backend
 from vmunet.ops.workspace import scan_workspace
 from vmunet.data.splits import TrainingData, case_names, prepare_training_data
 from vmunet.models import create_model, load_pretrained_vmamba
@@ -348,6 +349,10 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
     if config.pretrained and not resume:
         echo(load_pretrained_vmamba(model, config.pretrained).summary())
     model.to(device)
+    if config.deterministic and device.type == "cuda" and resolve_backend(config.scan_backend, "cuda") == "mamba_ssm":
+        # Its backward kernel accumulates dA with atomic adds, which PyTorch's deterministic switch cannot see.
+        echo("warning: --deterministic: the mamba_ssm scan's CUDA backward adds gradients atomically, so runs can "
+             "still differ; --scan-backend torch repeats exactly (or fails on an op it cannot make deterministic)")
     optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr, betas=tuple(config.betas),
                                   weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.t_max, eta_min=config.eta_min)
