@@ -115,3 +115,13 @@ def test_two_deterministic_runs_are_bitwise_identical_and_record_their_settings(
                         for x, y in zip(moments[:half], moments[half:]))
     saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
     assert saved["deterministic"] is True and saved["loss_weights"] == [0.5, 2.0]
+
+
+def test_train_flags_reach_the_recorded_config(tmp_path):
+    data = make_isic(tmp_path / "data", counts={"train": 4, "val": 1})
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--data", str(data), "--run-dir", str(run), "--epochs", "1",
+                 "--deterministic", "--loss-weights", "0.25", "3"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["deterministic"] is True and saved["loss_weights"] == [0.25, 3.0]
+    assert saved["nsd_tolerance_mm"] == 1.0
