@@ -127,3 +127,15 @@ def test_conv_and_linear_macs_of_a_toy_model_by_hand():
     assert isinstance(count, MacCount)
     assert count.by_kind == {"conv": 1800 + 1800 + 800, "linear": 600, "norm": 0, "ss2d_projections": 0,
                              "selective_scan": 0}
+
+
+def test_info_text_shows_the_json_figures(capsys):
+    figures = run_info(capsys, "--model", "vmunet-tiny", "--scan-backend", "torch")
+    assert main(["info", "--model", "vmunet-tiny", "--image-size", "32", "--repeats", "1",
+                 "--scan-backend", "torch"]) == 0
+    text = capsys.readouterr().out
+    assert f"parameters: {figures['parameters']:,}" in text
+    total = sum(figures["macs_by_kind"].values())
+    assert f"multiply-accumulates: {total / 1e6:.3f} MMACs, selective scan included" in text  # tiny: in MMACs
+    assert f"selective_scan{figures['macs_by_kind']['selective_scan'] / 1e6:>18.3f}" in text
+    assert "scan backend torch" in text and "3.5*B*D*L*N + B*D*L" in text

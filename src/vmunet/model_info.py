@@ -265,6 +265,8 @@ def format_info(info: ModelInfo) -> str:
         return f"{100 * value / total:5.1f}%" if total else "    -"
 
     kinds, macs = info.macs_by_kind, info.macs
+    # GMACs for real models; MMACs for the tiny presets, whose GMACs would print as 0.000
+    scale, unit = (1e9, "GMACs") if macs >= 1e8 else (1e6, "MMACs")
     lines = [f"{info.model} ({info.architecture}): input {'x'.join(map(str, info.input_shape))}, "
              f"{info.num_classes} class(es)",
              f"parameters: {info.parameters:,}"]
@@ -274,15 +276,15 @@ def format_info(info: ModelInfo) -> str:
         lines.append("  (skips are additive: no parameters)")
     if info.parameters_not_computed:
         lines.append(f"  of which never computed (kept for official checkpoints): {info.parameters_not_computed:,}")
-    lines.append(f"multiply-accumulates: {macs / 1e9:.3f} GMACs, selective scan included")
-    lines += [f"  {kind:<18}{count / 1e9:>14.3f}  {share(count, macs)}" for kind, count in kinds.items()]
-    lines += ["  by part:"] + [f"  {part:<18}{count / 1e9:>14.3f}  {share(count, macs)}"
+    lines.append(f"multiply-accumulates: {macs / scale:.3f} {unit}, selective scan included")
+    lines += [f"  {kind:<18}{count / scale:>14.3f}  {share(count, macs)}" for kind, count in kinds.items()]
+    lines += ["  by part:"] + [f"  {part:<18}{count / scale:>14.3f}  {share(count, macs)}"
                                for part, count in info.macs_by_part.items()]
-    lines.append(f"  without the scan {(macs - kinds['selective_scan']) / 1e9:.3f}; thop's count (modules only, "
-                 f"norms at 2x ours: the official 4.11 of vmunet) {info.thop_macs / 1e9:.3f}")
+    lines.append(f"  without the scan {(macs - kinds['selective_scan']) / scale:.3f}; thop's count (modules only, "
+                 f"norms at 2x ours: the official 4.11 G of vmunet) {info.thop_macs / scale:.3f}")
     if info.official_extra_macs:
         lines.append(f"  the official forward also runs encoder stage 3 and discards it: "
-                     f"+{info.official_extra_macs / 1e9:.3f} GMACs")
+                     f"+{info.official_extra_macs / scale:.3f} {unit}")
     lines.append(f"  scan: {SCAN_FORMULA}")
     times = info.forward_seconds
     lines.append(f"forward: {min(times):.3f} s best, {statistics.median(times):.3f} s median of {len(times)} after "
