@@ -4,14 +4,21 @@
     python benchmarks/model.py --models paper --batches 1       # quick
     python benchmarks/model.py --models paper --batches 8 --modes train --scans torch before   # memory before/after
     python benchmarks/model.py --models paper demo --batches 1 --scans torch numba       # the numba backend's gain
+    python benchmarks/model.py --device cuda --amp bf16 --models paper --batches 32 --scans torch triton   # a GPU
 
 - paper:   create_model("vmunet", num_classes=1), 3x256x256 input, BCE-with-logits loss;
 - synapse: create_model("vmunet", num_classes=9, input_channels=1), 1x224x224 input, cross-entropy loss;
 - demo:    create_model("vmunet-tiny", num_classes=3, input_channels=1), 1x192x192, cross-entropy (`vmunet demo`'s
            model; run it with --batches 2, the demo's batch).
-Scans: "torch" (the pure-PyTorch backend: hand-written backward), "numba" (fused CPU kernels) and "before" (the
-chunked scan with plain autograd of benchmarks/scan_torch_autograd.py, which keeps every hidden state for
-backward). Rows of one model, batch and mode show their speed-up over the "torch" row ("x torch").
+Scans: "torch" (the pure-PyTorch backend: hand-written backward), "numba" (fused CPU kernels), "triton" (fused
+GPU kernels), "mamba_ssm" (its CUDA kernel, where installed) and "before" (the chunked scan with plain autograd of
+benchmarks/scan_torch_autograd.py, which keeps every hidden state for backward). Rows of one model, batch and mode
+show their speed-up over the "torch" row ("x torch").
+
+On --device cuda: every step ends with torch.cuda.synchronize(); peak MB is torch.cuda.max_memory_allocated over
+the step (model, optimizer state and activations included); the scan share is not measured (launches return
+before the GPU is done); --amp bf16 runs forward and loss under torch.autocast(bfloat16) (the scan itself stays
+float32, as in the official code).
 
 Each (model, batch, mode, scan) runs in its own subprocess: peak MB is its ru_maxrss growth over the process
 after building the model and input, so the figures do not mix. Time is the best of --repeats after a
@@ -43,6 +50,7 @@ class ScanClock:
         import vmunet.models.ss2d as ss2d
         import vmunet.ops.scan_chunked as chunked
         import vmunet.ops.scan_numba as scan_numba
+        import vmunet.ops.scan_triton as scan_triton
         from scan_torch_autograd import selective_scan_torch_autograd
 
         self.seconds = 0.0
@@ -56,6 +64,7 @@ class ScanClock:
         ss2d.selective_scan = self.timed(forward)
         chunked.chunked_backward = self.timed(chunked.chunked_backward)
         scan_numba.NumbaScan.backward = staticmethod(self.timed(scan_numba.NumbaScan.backward))
+        scan_triton.TritonScan.backward = staticmethod(self.timed(scan_triton.TritonScan.backward))
 
     def timed(self, fn):
         def wrapper(*args, **kwargs):
@@ -76,30 +85,42 @@ def worker(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     preset, overrides, channels, size = MODELS[args.model]
-    model = create_model(preset, **overrides)
+    model = create_model(preset, **overrides).to(args.device)
     clock = ScanClock(args.scan)
-    x = torch.randn(args.batch, channels, size, size)
+    x = torch.randn(args.batch, channels, size, size, device=args.device)
     classes = overrides["num_classes"]
-    target = (torch.rand(args.batch, 1, size, size) > 0.5).float() if classes == 1 else \
-        torch.randint(0, classes, (args.batch, size, size))
+    target = (torch.rand(args.batch, 1, size, size, device=args.device) > 0.5).float() if classes == 1 else \
+        torch.randint(0, classes, (args.batch, size, size), device=args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    cuda = args.device.startswith("cuda")
+    autocast = torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
 
     def forward():
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             model(x)
 
     def train_step():
         model.train()
-        logits = model(x)
-        loss = F.binary_cross_entropy_with_logits(logits, target) if classes == 1 else F.cross_entropy(logits, target)
+        with autocast:
+            logits = model(x).float()
+            loss = (F.binary_cross_entropy_with_logits(logits, target) if classes == 1
+                    else F.cross_entropy(logits, target))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    step = forward if args.mode == "forward" else train_step
+    def synchronized(fn):
+        def run():
+            fn()
+            torch.cuda.synchronize()
+        return run if cuda else fn
+
+    step = synchronized(forward if args.mode == "forward" else train_step)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    step()  # warm-up
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    step()  # warm-up (and Triton's compilation)
     best, share = float("inf"), 0.0
     for _ in range(args.repeats):
         clock.seconds = 0.0
@@ -108,8 +129,9 @@ def worker(args):
         elapsed = time.perf_counter() - start
         if elapsed < best:
             best, share = elapsed, clock.seconds / elapsed
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    print(json.dumps(dict(per_image=best / args.batch, share=share, peak_mb=peak_mb)))
+    peak_mb = (torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else
+               (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024)
+    print(json.dumps(dict(per_image=best / args.batch, share=None if cuda else share, peak_mb=peak_mb)))
 
 
 def main():
@@ -117,7 +139,10 @@ def main():
     parser.add_argument("--models", nargs="+", default=["paper", "synapse"], choices=sorted(MODELS))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
-    parser.add_argument("--scans", nargs="+", default=["torch", "numba"], choices=["torch", "numba", "before"])
+    parser.add_argument("--scans", nargs="+", default=["torch", "numba"],
+                        choices=["torch", "numba", "triton", "mamba_ssm", "before"])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast dtype (default none)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)  # model batch mode scan
@@ -128,9 +153,11 @@ def main():
         worker(args)
         return
 
-    print(f"VM-UNet, float32, {args.threads} threads, best of {args.repeats} after a warm-up")
-    print(f"{'model':>8} {'input':>10} {'batch':>5} {'mode':>8} {'scan':>7} {'s/image':>8} {'scan %':>7} "
-          f"{'peak MB':>8} {'x torch':>8}")
+    where = f"{args.threads} threads" if args.device == "cpu" else args.device
+    precision = "bfloat16 autocast" if args.amp == "bf16" else "float32"
+    print(f"VM-UNet, {precision}, {where}, best of {args.repeats} after a warm-up")
+    print(f"{'model':>8} {'input':>10} {'batch':>5} {'mode':>8} {'scan':>9} {'s/image':>8} {'images/s':>9} "
+          f"{'scan %':>7} {'peak MB':>8} {'x torch':>8}")
     for name in args.models:
         _, _, channels, size = MODELS[name]
         for batch in args.batches:
@@ -138,15 +165,17 @@ def main():
                 base = None
                 for scan in args.scans:
                     cmd = [sys.executable, __file__, "--worker", name, str(batch), mode, scan,
-                           "--repeats", str(args.repeats), "--threads", str(args.threads)]
+                           "--repeats", str(args.repeats), "--threads", str(args.threads),
+                           "--device", args.device, "--amp", args.amp]
                     done = subprocess.run(cmd, capture_output=True, text=True)
-                    row = f"{name:>8} {f'{channels}x{size}x{size}':>10} {batch:>5} {mode:>8} {scan:>7} "
+                    row = f"{name:>8} {f'{channels}x{size}x{size}':>10} {batch:>5} {mode:>8} {scan:>9} "
                     if done.returncode != 0:
                         lines = done.stderr.strip().splitlines() or [f"exit {done.returncode}"]
                         print(row + f"failed: {lines[-1]}", flush=True)
                         continue
                     r = json.loads(done.stdout.strip().splitlines()[-1])
-                    row += f"{r['per_image']:>8.3f} {100 * r['share']:>6.0f}% {r['peak_mb']:>8.0f}"
+                    share = "-" if r["share"] is None else f"{100 * r['share']:.0f}%"
+                    row += f"{r['per_image']:>8.4f} {1 / r['per_image']:>9.1f} {share:>7} {r['peak_mb']:>8.0f}"
                     if scan == "torch":
                         base = r["per_image"]
                     if base is not None:

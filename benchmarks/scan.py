@@ -2,10 +2,13 @@
 
     python benchmarks/scan.py                           # all stages, batches 1 and 8
     python benchmarks/scan.py --stages 1 --batches 1    # quick: stage 1, batch 1
+    python benchmarks/scan.py --device cuda --batches 32 --impls torch triton   # on a GPU (benchmarks/gpu_check.sh)
 
 Implementations, each given the same inputs (float32, groups 4, N 16, delta_softplus with a bias, D skip):
 - torch:   vmunet's "torch" backend (two-level chunked scan, hand-written backward);
 - numba:   vmunet's "numba" backend (fused CPU kernels compiled by numba at run time);
+- triton:  vmunet's "triton" backend (fused GPU kernels; --device cuda, or TRITON_INTERPRET=1 on the CPU, slowly);
+- mamba_ssm: mamba_ssm's CUDA kernel, where it is installed (--device cuda);
 - before:  the chunked scan with plain autograd (benchmarks/scan_torch_autograd.py), with --before;
 - pscan:   mamba.py's Blelloch pscan (PyPI mambapy) the way mamba.py uses it: deltaA = exp(delta * A) and
            deltaB * u materialised as (B, L, D, N), pscan, then contraction with C and the D skip;
@@ -13,10 +16,13 @@ Implementations, each given the same inputs (float32, groups 4, N 16, delta_soft
            linearly to the stage's L (marked "~" in the table): its cost per step does not depend on L.
 
 Every (stage, batch, implementation) runs in its own subprocess, so that its peak memory (ru_maxrss
-growth over the process's state just before the scan, forward + backward) is its own. Times are the best
-of --repeats runs after one warm-up. The "x torch" columns are speed-ups over the torch row (time of torch /
-time of the row). Before the table, the numba kernels' first call (forward + backward at a small size) is
-timed in two new processes sharing an empty numba cache folder: the first compiles, the second loads the cache.
+growth over the process's state just before the scan, forward + backward; on CUDA the peak of
+torch.cuda.max_memory_allocated over what was allocated before) is its own. On CUDA every timed call ends with
+torch.cuda.synchronize(), and the warm-up call includes Triton's compilation (cached on disk for the next
+process). Times are the best of --repeats runs after one warm-up. The "x torch" columns are speed-ups over the
+torch row (time of torch / time of the row). Before the table, the numba kernels' first call (forward +
+backward at a small size) is timed in two new processes sharing an empty numba cache folder: the first compiles,
+the second loads the cache.
 """
 
 from __future__ import annotations
@@ -34,9 +40,12 @@ STAGES = {1: (4096, 768), 2: (1024, 1536), 3: (256, 3072), 4: (64, 6144)}  # sta
 GROUPS, N = 4, 16
 
 
-def make_inputs(batch, dim, length, seed=0):
+def make_inputs(batch, dim, length, seed=0, device="cpu"):
     """Inputs distributed as in the paper model at initialisation."""
     import torch
+
+    if device != "cpu":
+        return {k: v.to(device) for k, v in make_inputs(batch, dim, length, seed).items()}
 
     g = torch.Generator().manual_seed(seed)
     dt_init = torch.exp(torch.rand(dim, generator=g) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3)))
@@ -71,7 +80,8 @@ def scan_pscan(u, delta, A, B, C, D, delta_bias):
 def implementation(name):
     from scan_torch_autograd import selective_scan_torch_autograd
 
-    from vmunet.ops import selective_scan_numba, selective_scan_ref, selective_scan_torch
+    from vmunet.ops import selective_scan, selective_scan_numba, selective_scan_ref, selective_scan_torch
+    from vmunet.ops.scan_triton import selective_scan_triton
 
     def mamba_style(fn):
         return lambda u, delta, A, B, C, D, delta_bias: fn(u, delta, A, B, C, D=D, delta_bias=delta_bias,
@@ -79,11 +89,26 @@ def implementation(name):
 
     return {"torch": mamba_style(selective_scan_torch), "before": mamba_style(selective_scan_torch_autograd),
             "numba": mamba_style(selective_scan_numba), "ref": mamba_style(selective_scan_ref),
+            "triton": mamba_style(selective_scan_triton),
+            "mamba_ssm": mamba_style(lambda *a, **k: selective_scan(*a, **k, backend="mamba_ssm")),
             "pscan": scan_pscan}[name]
 
 
+def synchronized(fn, device):
+    """fn, followed by waiting for the GPU where there is one (kernel launches return before the work ends)."""
+    import torch
+
+    if device == "cpu":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize()
+    return run
+
+
 def best_time(fn, repeats, budget_s):
-    fn()  # warm-up: first-touch page faults, allocator, caches
+    fn()  # warm-up: first-touch page faults, allocator, caches, Triton's compilation
     times = []
     start = time.perf_counter()
     while len(times) < repeats and (not times or time.perf_counter() - start < budget_s):
@@ -100,7 +125,7 @@ def worker(args):
     torch.set_num_threads(args.threads)
     L, dim = STAGES[args.stage]
     length = min(L, args.ref_length) if args.impl == "ref" else L
-    inputs = make_inputs(args.batch, dim, length)
+    inputs = make_inputs(args.batch, dim, length, device=args.device)
     fn = implementation(args.impl)
     leaves = {k: v.requires_grad_() for k, v in inputs.items()}
 
@@ -113,23 +138,38 @@ def worker(args):
         for v in leaves.values():
             v.grad = None
 
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fb = best_time(forward_backward, args.repeats, args.budget)
-    peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    forward, forward_backward = synchronized(forward, args.device), synchronized(forward_backward, args.device)
+    if args.device == "cpu":
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        fb = best_time(forward_backward, args.repeats, args.budget)
+        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    else:
+        torch.cuda.reset_peak_memory_stats()
+        allocated = torch.cuda.memory_allocated()
+        fb = best_time(forward_backward, args.repeats, args.budget)
+        peak_mb = (torch.cuda.max_memory_allocated() - allocated) / 2 ** 20
     fwd = best_time(forward, args.repeats, args.budget)
     scale = L / length
     print(json.dumps(dict(fwd=fwd * scale, fb=fb * scale, peak_mb=peak_mb, extrapolated=scale != 1)))
 
 
-def check_agreement(threads, impls):
+def check_agreement(threads, impls, device="cpu"):
     """Every implementation computes what the torch backend does (a small size, float32): max |difference|."""
     import torch
 
     torch.set_num_threads(threads)
-    x = make_inputs(1, 64, 256)
+    x = make_inputs(1, 64, 256, device=device)
+    result = {}
     with torch.no_grad():
         base = implementation("torch")(**x)
-        return {impl: (implementation(impl)(**x) - base).abs().max().item() for impl in impls if impl != "torch"}
+        for impl in impls:
+            if impl == "torch":
+                continue
+            try:
+                result[impl] = f"{(implementation(impl)(**x) - base).abs().max().item():.1e}"
+            except (ImportError, ValueError) as error:  # not installed, or not for this device: its rows say why
+                result[impl] = f"n/a ({type(error).__name__})"
+    return result
 
 
 def first_call(threads):
@@ -146,7 +186,7 @@ def first_call(threads):
 def run_worker(impl, stage, batch, args, env=None):
     cmd = [sys.executable, __file__, "--worker", impl, "--stages", str(stage), "--batches", str(batch),
            "--repeats", str(args.repeats), "--budget", str(args.budget), "--threads", str(args.threads),
-           "--ref-length", str(args.ref_length)]
+           "--ref-length", str(args.ref_length), "--device", args.device]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return dict(error=done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
@@ -158,7 +198,8 @@ def main():
     parser.add_argument("--stages", type=int, nargs="+", default=[1, 2, 3, 4], choices=sorted(STAGES))
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--impls", nargs="+", default=["torch", "numba", "pscan", "ref"],
-                        choices=["torch", "numba", "before", "pscan", "ref"])
+                        choices=["torch", "numba", "triton", "mamba_ssm", "before", "pscan", "ref"])
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--before", action="store_true", help="also time the previous torch backend")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=20.0, help="stop repeating after this many seconds")
@@ -175,8 +216,10 @@ def main():
         return
 
     impls = list(dict.fromkeys(args.impls + (["before"] if args.before else [])))
-    agreement = ", ".join(f"{impl} {diff:.1e}" for impl, diff in check_agreement(args.threads, impls).items())
-    print(f"selective scan, float32, groups {GROUPS}, N {N}, {args.threads} threads, best of {args.repeats}; "
+    agreement = ", ".join(f"{impl} {diff}" for impl, diff in
+                          check_agreement(args.threads, impls, args.device).items())
+    where = f"{args.threads} threads" if args.device == "cpu" else args.device
+    print(f"selective scan, float32, groups {GROUPS}, N {N}, {where}, best of {args.repeats}; "
           f"max |difference from torch| at a small size: {agreement}")
     env = None
     if "numba" in impls:  # a fresh cache folder: the first process compiles, the next ones load the cache
@@ -187,7 +230,8 @@ def main():
         print(f"numba first forward + backward in a new process: {seconds[0]:.1f} s compiling (empty cache), "
               f"{seconds[1]:.2f} s from the cache")
     print(f"ref: timed at L = {args.ref_length} and scaled to the stage's L (~); "
-          "peak MB: ru_maxrss growth during forward+backward")
+          + ("peak MB: ru_maxrss growth during forward+backward" if args.device == "cpu" else
+             "peak MB: CUDA memory allocated during forward+backward beyond the inputs"))
     head = f"{'stage':>5} {'L':>5} {'D':>5} {'batch':>5} {'impl':>7} {'fwd ms':>10} {'fwd+bwd ms':>11} {'peak MB':>8}"
     if "torch" in impls:
         head += f" {'fwd: x torch':>13} {'f+b: x torch':>13}"
