@@ -1,5 +1,6 @@
 """Issue 15 run settings: the loss weights (the papers' lambda) and --deterministic."""
 
+import json
 import os
 
 import pytest
@@ -121,7 +122,15 @@ def test_train_flags_reach_the_recorded_config(tmp_path):
     data = make_isic(tmp_path / "data", counts={"train": 4, "val": 1})
     run = tmp_path / "run"
     assert main(["train", *TINY, "--data", str(data), "--run-dir", str(run), "--epochs", "1",
-                 "--deterministic", "--loss-weights", "0.25", "3"]) == 0
+                 "--deterministic", "--loss-weights", "0.25", "3", "--set", "nsd_tolerance_mm=2.5"]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["deterministic"] is True and saved["loss_weights"] == [0.25, 3.0]
-    assert saved["nsd_tolerance_mm"] == 1.0
+    assert saved["nsd_tolerance_mm"] == 2.5
+    assert main(["evaluate", "--run-dir", str(run), "--split", "val", "--no-progress"]) == 0  # evaluate uses it
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert summary["nsd_tolerance_mm"] == 2.5 and all("nsd" in v for v in summary["per_class"].values())
+
+
+def test_negative_nsd_tolerance_is_a_config_error():
+    with pytest.raises(ValueError, match="config: nsd_tolerance_mm must be >= 0 \\(got -1.0\\)"):
+        build_config("isic18", overrides={"nsd_tolerance_mm": -1})
