@@ -72,7 +72,8 @@ def _interpret_flag(interpret: bool):
 def load_kernels(interpret: bool):
     """The kernels module, compiled (interpret False) or interpreted. triton.jit reads TRITON_INTERPRET when it
     decorates a function, so each mode gets its own copy of triton_kernels.py, executed with the flag set for it:
-    a process can run both (the CPU tests under the interpreter, the GPU tests compiled)."""
+    a process can run both (the CPU tests under the interpreter, the GPU tests compiled), whatever the flag was
+    when triton was imported (the kernels call none of triton's own jit helpers, whose mode is fixed then)."""
     _require_triton()
     name = f"vmunet.ops._triton_kernels_{'interpreted' if interpret else 'compiled'}"
     spec = importlib.util.spec_from_file_location(name, _KERNELS_FILE)
