@@ -116,20 +116,12 @@ def check_data_unchanged(runs: list[FoldRun], data_dir: str | Path | None) -> No
                          f"were trained: {', '.join(parts)}")
 
 
-def case_row(kind: str, pred: np.ndarray, case: dict, num_classes: int) -> dict:
-    """The per-case metrics of ``vmunet evaluate`` (its rules per data kind), with IoU = DSC / (2 - DSC)
-    added where the kind's row has none (exact for one case's masks)."""
-    from vmunet import metrics
+def case_row(kind: str, pred: np.ndarray, case: dict, num_classes: int, nsd_tolerance_mm: float) -> dict:
+    """The per-case metrics of ``vmunet evaluate`` (its rules per data kind, the run's NSD tolerance), with
+    IoU = DSC / (2 - DSC) added where the kind's row has none (exact for one case's masks)."""
+    from vmunet.evaluate import case_metrics
 
-    classes = max(num_classes, 2)
-    if kind == "images" and num_classes == 1:
-        row = metrics.binary_image_metrics(pred, case["label"], spacing=case.get("spacing"), case_id=case["case_id"])
-    elif kind == "images":
-        row = metrics.multiclass_image_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
-                                               case_id=case["case_id"])
-    else:
-        row = metrics.synapse_case_metrics(pred, case["label"], classes, spacing=case.get("spacing"),
-                                           case_id=case["case_id"])
+    row = case_metrics(kind, pred, case, num_classes, nsd_tolerance_mm)
     if "iou" not in row:
         row["iou"] = [d / (2.0 - d) if d == d else math.nan for d in row["dice"]]
     return row
@@ -160,7 +152,8 @@ def predict_out_of_fold(runs: list[FoldRun], data_dir: str | Path | None = None,
                 pred = predictor.predict_image(case["image"]).labels  # (H, W)
             else:
                 pred = predictor.predict_volume(case["image"]).labels  # (D, H, W)
-            rows.append({**case_row(kind, pred, case, num_classes), "fold": run.config.fold})
+            rows.append({**case_row(kind, pred, case, num_classes, run.config.nsd_tolerance_mm),
+                         "fold": run.config.fold})
             scores.append(candidate_dice(pred, case["label"], num_classes))
         del predictor
     return kind, rows, scores
@@ -264,7 +257,7 @@ def cross_validate(run_dirs: list[str | Path], out_dir: str | Path, data_dir: st
     policy = (metrics.IMAGE_POLICY if info.num_classes == 1 else metrics.MULTICLASS_IMAGE_POLICY) \
         if kind == "images" else metrics.VOLUME_POLICY
     summary.update(checkpoint=checkpoint, data=str(data_dir or runs[0].config.data), dataset=runs[0].config.dataset,
-                   seed=runs[0].config.seed,
+                   seed=runs[0].config.seed, nsd_tolerance_mm=runs[0].config.nsd_tolerance_mm,
                    runs={str(run.config.fold): str(run.run_dir) for run in sorted(runs, key=lambda r: r.config.fold)},
                    std="sample standard deviation (ddof 1); NaN entries (a class absent from an image, an "
                        "undefined HD95) are left out of every mean and standard deviation",

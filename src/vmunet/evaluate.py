@@ -31,6 +31,22 @@ from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_config_
 from vmunet.runtime.writers import check_output_folder, write_text_atomic
 
 
+def case_metrics(kind: str, pred, case: dict, num_classes: int, nsd_tolerance_mm: float) -> dict:
+    """One case's metric row by the data kind's protocol (shared by evaluate and ``vmunet cv``)."""
+    from vmunet import metrics
+
+    spacing = case.get("spacing")
+    if kind == "images" and num_classes == 1:
+        return metrics.binary_image_metrics(pred, case["label"], spacing=spacing, case_id=case["case_id"],
+                                            nsd_tolerance_mm=nsd_tolerance_mm)
+    classes = max(num_classes, 2)
+    if kind == "images":  # multi-class 2D folders: per-class DSC, IoU, HD95 (pixels)
+        return metrics.multiclass_image_metrics(pred, case["label"], classes, spacing=spacing,
+                                                case_id=case["case_id"], nsd_tolerance_mm=nsd_tolerance_mm)
+    return metrics.synapse_case_metrics(pred, case["label"], classes, spacing=spacing, case_id=case["case_id"],
+                                        nsd_tolerance_mm=nsd_tolerance_mm)
+
+
 @scan_workspace()  # frees the CPU scan's scratch buffers when the cases are scored
 def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_size: int = 8,
                    progress: bool = True, predictor: Segmenter | None = None,
@@ -69,16 +85,7 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
         if info.num_classes == 1:
             masks.append(pred.astype(bool))
             truths.append(case["label"].astype(bool))
-        spacing = case.get("spacing")
-        if kind == "images" and info.num_classes == 1:
-            rows.append(metrics.binary_image_metrics(pred, case["label"], spacing=spacing, case_id=case["case_id"],
-                                                     nsd_tolerance_mm=tolerance))
-        elif kind == "images":  # multi-class 2D folders: per-class DSC, IoU, HD95 (pixels)
-            rows.append(metrics.multiclass_image_metrics(pred, case["label"], classes, spacing=spacing,
-                                                         case_id=case["case_id"], nsd_tolerance_mm=tolerance))
-        else:
-            rows.append(metrics.synapse_case_metrics(pred, case["label"], classes, spacing=spacing,
-                                                     case_id=case["case_id"], nsd_tolerance_mm=tolerance))
+        rows.append(case_metrics(kind, pred, case, info.num_classes, tolerance))
     summary = metrics.summarize_cases(rows, names)
     summary["cases"] = len(rows)
     if postprocessing is not None:
