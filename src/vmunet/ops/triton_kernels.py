@@ -143,6 +143,9 @@ def scan_backward_kernel(
             u_t = tl.load(u_ptr + row + t).to(tl.float32)
             B_t = tl.load(B_ptr + bc + t, mask=n_ok, other=0.0).to(tl.float32)
             h = tl.exp2(dt[:, None] * A2) * h + (dt * u_t)[:, None] * B_t[None, :]
+        # the scratch written above is read below, maybe by other threads of the program: a CTA barrier makes
+        # their global-memory writes visible (here and at the end of the chunk, before the next overwrites it)
+        tl.debug_barrier()
         # 2. reverse sweep: lam = dLoss/dh_t, carried to step t - 1 as a_t lam
         for kk in range(0, steps):
             k = steps - 1 - kk
@@ -182,6 +185,7 @@ def scan_backward_kernel(
             g_x = (sum_dt + sum_du * u_t) * slope
             tl.store(gdelta_ptr + row + t, g_x)
             acc_bias += g_x
+        tl.debug_barrier()
     tl.store(gA_ptr + state, acc_A, mask=n_ok[None, :])
     tl.store(gskip_ptr + i * D + d, acc_skip)
     tl.store(gbias_ptr + i * D + d, acc_bias)
