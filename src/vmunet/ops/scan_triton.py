@@ -16,6 +16,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def load_kernels(interpret: bool):
     name = f"vmunet.ops._triton_kernels_{'interpreted' if interpret else 'compiled'}"
     spec = importlib.util.spec_from_file_location(name, _KERNELS_FILE)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # the importlib recipe: tools that look a kernel's module up by name find it
     with _lock, _interpret_flag(interpret):
         spec.loader.exec_module(module)
     return module
