@@ -20,9 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vmunet.data.checks import check_same_shape
-from vmunet.data.isic import available_splits, pair_by_stem
-from vmunet.data.readers import read_rgb_image
+from vmunet.data.isic import PairedImages, split_pairs
 
 INDEX_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "P", "1")
 
@@ -135,24 +133,14 @@ def default_class_names(num_classes: int) -> list[str]:
     return ["background"] + [f"class_{i}" for i in range(1, num_classes)]
 
 
-class ClassFolder:
+class ClassFolder(PairedImages):
     """One split of a multi-class 2D folder: ``sample["image"]`` float32 (H, W, 3), ``sample["label"]`` int64
     (H, W) in 0..K-1. ``num_classes`` None counts the classes from this split's masks (the training split)."""
 
     def __init__(self, root: str | Path, split: str = "train", num_classes: int | None = None):
         self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: data folder not found")
-        image_dir, mask_dir = self.root / split / "images", self.root / split / "masks"
-        for folder in (image_dir, mask_dir):
-            if not folder.is_dir():
-                found = available_splits(self.root)
-                raise FileNotFoundError(f"{folder}: folder not found (splits found in {self.root}: "
-                                        f"{', '.join(found) if found else 'none'})")
         self.split = split
-        self.items = pair_by_stem(image_dir, mask_dir)
-        if not self.items:
-            raise ValueError(f"{image_dir}: split {split!r} has no images")
+        self.items = split_pairs(self.root, split)
         self.class_map = read_class_map(self.root)
         if self.class_map is not None:
             if num_classes is not None and num_classes != self.class_map.num_classes:
@@ -168,19 +156,8 @@ class ClassFolder:
     def colours(self) -> list[list[int]] | None:
         return None if self.class_map is None or self.class_map.colours is None else self.class_map.colours.tolist()
 
-    @property
-    def case_ids(self) -> list[str]:
-        return [case_id for case_id, _, _ in self.items]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        case_id, image_path, mask_path = self.items[index]
-        image = read_rgb_image(image_path)  # (H, W, 3)
-        label = read_class_mask(mask_path, self.class_map, self.num_classes)  # (H, W)
-        check_same_shape(image.shape[:2], label.shape, f"{image_path} and {mask_path}")
-        return {"image": image, "label": label, "case_id": case_id}
+    def read_mask(self, path: Path) -> np.ndarray:
+        return read_class_mask(path, self.class_map, self.num_classes)
 
     def __repr__(self) -> str:
         return f"ClassFolder({str(self.root)!r}, {self.split!r}: {len(self)} images, {self.num_classes} classes)"

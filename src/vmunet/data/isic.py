@@ -92,28 +92,33 @@ def pair_by_stem(image_dir: Path, mask_dir: Path, lossy_masks: bool = False) -> 
     return [(key, images[key], masks[key]) for key in sorted(images)]
 
 
-class IsicFolder:
-    """One split of an ISIC-style folder as a sequence of 2D samples.
+def split_pairs(root: Path, split: str) -> list[tuple[str, Path, Path]]:
+    """(case id, image, mask) of ``root/split/{images,masks}``; a missing folder or an empty split is an error
+    naming the folder (and the splits that are there)."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data folder not found")
+    image_dir, mask_dir = root / split / "images", root / split / "masks"
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            found = available_splits(root)
+            raise FileNotFoundError(f"{folder}: folder not found (splits found in {root}: "
+                                    f"{', '.join(found) if found else 'none'})")
+    items = pair_by_stem(image_dir, mask_dir)
+    if not items:
+        raise ValueError(f"{image_dir}: split {split!r} has no images")
+    return items
 
-    ``sample["image"]`` is float32 (H, W, 3) with the raw 0-255 intensities, ``sample["label"]`` int64 (H, W)
-    in {0, 1}. Files are read on access.
-    """
 
-    def __init__(self, root: str | Path, split: str = "train"):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: data folder not found")
-        split_dir = self.root / split
-        image_dir, mask_dir = split_dir / "images", split_dir / "masks"
-        for folder in (image_dir, mask_dir):
-            if not folder.is_dir():
-                found = available_splits(self.root)
-                raise FileNotFoundError(f"{folder}: folder not found (splits found in {self.root}: "
-                                        f"{', '.join(found) if found else 'none'})")
-        self.split = split
-        self.items = pair_by_stem(image_dir, mask_dir)
-        if not self.items:
-            raise ValueError(f"{image_dir}: split {split!r} has no images")
+class PairedImages:
+    """The sequence of 2D samples shared by the layouts of image files paired with mask files by stem
+    (ISIC, multi-class folders, polyp sets): ``self.items`` holds (case id, image path, mask path), a subclass
+    says how its masks decode (``read_mask``). Files are read on access."""
+
+    items: list[tuple[str, Path, Path]]
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        """(H, W) int64 class indices of one mask file."""
+        raise NotImplementedError
 
     @property
     def case_ids(self) -> list[str]:
@@ -125,9 +130,25 @@ class IsicFolder:
     def __getitem__(self, index: int) -> dict:
         case_id, image_path, mask_path = self.items[index]
         image = read_rgb_image(image_path)  # (H, W, 3), the file's own value range (16-bit, float TIFF)
-        label = read_binary_mask(mask_path)  # (H, W)
+        label = self.read_mask(mask_path)  # (H, W)
         check_same_shape(image.shape[:2], label.shape, f"{image_path} and {mask_path}")
         return {"image": image, "label": label, "case_id": case_id}
+
+
+class IsicFolder(PairedImages):
+    """One split of an ISIC-style folder as a sequence of 2D samples.
+
+    ``sample["image"]`` is float32 (H, W, 3) with the raw 0-255 intensities, ``sample["label"]`` int64 (H, W)
+    in {0, 1}. Files are read on access.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train"):
+        self.root = Path(root)
+        self.split = split
+        self.items = split_pairs(self.root, split)
+
+    def read_mask(self, path: Path) -> np.ndarray:
+        return read_binary_mask(path)
 
     def __repr__(self) -> str:
         return f"IsicFolder({str(self.root)!r}, {self.split!r}: {len(self)} images)"

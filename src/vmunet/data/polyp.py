@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from vmunet.data.checks import check_same_shape
-from vmunet.data.isic import pair_by_stem
-from vmunet.data.readers import read_image, read_rgb_image
+from vmunet.data.isic import PairedImages, pair_by_stem
+from vmunet.data.readers import read_image
 
 TRAIN_FOLDER, TEST_FOLDER = "TrainDataset", "TestDataset"
 MASK_THRESHOLD = 128
@@ -52,7 +52,7 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise ValueError(f"{path}: cannot read image: {what}") from None
 
 
-class PolypFolder:
+class PolypFolder(PairedImages):
     """One folder of the layout (TrainDataset, or one test set) as 2D samples: ``sample["image"]`` float32
     (H, W, 3), ``sample["label"]`` int64 (H, W) in {0, 1}, ``case_id`` the stem.
 
@@ -80,19 +80,8 @@ class PolypFolder:
                                     f"{{images,masks}}/ and {TEST_FOLDER}/<set>/{{images,masks}}/)")
         return cls(root / TRAIN_FOLDER)
 
-    @property
-    def case_ids(self) -> list[str]:
-        return [case_id for case_id, _, _ in self.items]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict:
-        case_id, image_path, mask_path = self.items[index]
-        image = read_rgb_image(image_path)  # (H, W, 3)
-        label = read_polyp_mask(mask_path)  # (H, W)
-        check_same_shape(image.shape[:2], label.shape, f"{image_path} and {mask_path}")
-        return {"image": image, "label": label, "case_id": case_id}
+    def read_mask(self, path: Path) -> np.ndarray:
+        return read_polyp_mask(path)
 
     def __repr__(self) -> str:
         return f"PolypFolder({str(self.folder)!r}: {len(self)} images)"
