@@ -165,7 +165,7 @@ def test_bad_nnunet_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match=r"caseTr0\.mha: affine .* differs from caseTr0_0000\.mha's"):
         NiftiVolumes(root, "Tr")[0]
     (root / "dataset.json").write_text('{"labels": ')
-    with pytest.raises(ValueError, match=r"dataset\.json: invalid JSON"):
+    with pytest.raises(ValueError, match=r"dataset\.json: not valid JSON"):
         NiftiVolumes(root, "Tr")
     (root / "dataset.json").write_text('{"file_ending": ".mha"}')
     with pytest.raises(ValueError, match=r"dataset\.json: no 'labels' mapping"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -241,6 +242,14 @@ def read_text(path: str | Path) -> str:
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not a UTF-8 text file (byte {error.start}: {error.reason}); save it as "
                          "UTF-8 YAML") from None
+
+
+def read_json(path: str | Path):
+    """A JSON file's value; undecodable bytes or invalid JSON are an error naming the file."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
 
 
 def config_from_dict(values: dict) -> TrainConfig:

@@ -34,7 +34,6 @@ Only ``format``, ``num_classes``, ``all_foreground.apply`` and ``classes.*.apply
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -209,16 +208,12 @@ def spec_from_dict(data, source: str = "postprocessing") -> Postprocessing:
 
 def load_postprocessing(path: str | Path) -> Postprocessing:
     """Read a postprocessing.json written by ``vmunet cv``; a missing file, bad JSON or schema names the file."""
-    from vmunet.config import read_text
+    from vmunet.config import read_json
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: postprocessing file not found (`vmunet cv` writes OUT/postprocessing.json)")
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    return spec_from_dict(data, str(path))
+    return spec_from_dict(read_json(path), str(path))
 
 
 def postprocess_prediction(prediction, spec: Postprocessing | None):

@@ -13,13 +13,13 @@ largest index in the training masks, and the classes are named ``background, cla
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from vmunet.config import read_json
 from vmunet.data.isic import PairedImages, split_pairs
 
 INDEX_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "P", "1")
@@ -42,10 +42,7 @@ def read_class_map(root: str | Path) -> ClassMap | None:
     path = Path(root) / "labels.json"
     if not path.is_file():
         return None
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    labels = read_json(path)
     if not isinstance(labels, dict) or not labels:
         raise ValueError(f"{path}: expected a mapping of class names to ids or colours, e.g. "
                          '{"background": 0, "tumour": 1} or {"background": [0, 0, 0], "tumour": [255, 0, 0]}')

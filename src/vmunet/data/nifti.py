@@ -17,7 +17,6 @@ the header's zooms in that same (D, H, W) order; ``affine`` is the file's, for t
 
 from __future__ import annotations
 
-import json
 import re
 import zlib
 from collections import OrderedDict
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vmunet.config import read_json
 from vmunet.data.checks import check_finite, check_labels, check_same_affine, check_same_shape
 from vmunet.data.readers import SITK_SUFFIXES, list_folder
 
@@ -65,10 +65,7 @@ def read_dataset_json(root: str | Path) -> dict:
     path = Path(root) / "dataset.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: dataset.json not found (it gives the label names)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON: {exc}") from exc
+    return read_json(path)
 
 
 def read_label_names(root: str | Path) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from vmunet.config import read_text, read_yaml
+from vmunet.config import read_json, read_text, read_yaml
 from vmunet.models import VMUNet, create_model
 from vmunet.runtime.writers import atomic_write_bytes, write_text_atomic
 
@@ -189,10 +189,7 @@ def read_split(run_dir: str | Path) -> dict[str, list[str]]:
     path = Path(run_dir) / SPLIT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no split recorded (the run was trained before split.json existed)")
-    try:
-        split = json.loads(read_text(path))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    split = read_json(path)
     if not (isinstance(split, dict) and all(isinstance(split.get(key), list) and
                                             all(isinstance(c, str) for c in split[key]) for key in ("train", "val"))):
         raise ValueError(f"{path}: expected {{\"train\": [case ids], \"val\": [case ids]}}")
