@@ -86,19 +86,24 @@ def _softplus_parts(x):
 @njit(inline="always", fastmath=FASTMATH)
 def _steps(delta, bias, softplus, need_slope, t0, t1, dt_out, sig_out):
     """dt = softplus(delta + bias) for steps t0..t1 of one channel into dt_out[0 .. t1 - t0], and with need_slope
-    its derivative sigmoid(delta + bias) = exp(min(x, 0) - tail) into sig_out: independent steps, so this loop
-    vectorises."""
-    for t in range(t0, t1):
-        x = delta[t] + bias
-        if softplus:
+    its derivative sigmoid(delta + bias) = exp(min(x, 0) - tail) into sig_out: independent steps, so these loops
+    vectorise (the branches stay outside them, and a slice indexed from 0 needs no negative-index check)."""
+    x_in = delta[t0:t1]
+    if softplus and need_slope:
+        for s in range(t1 - t0):
+            x = x_in[s] + bias
             dt, tail = _softplus_parts(x)
-            dt_out[t - t0] = dt
-            if need_slope:
-                sig_out[t - t0] = _exp2((min(x, F32(0.0)) - tail) * LOG2E)
-        else:
-            dt_out[t - t0] = x
-            if need_slope:
-                sig_out[t - t0] = F32(1.0)
+            dt_out[s] = dt
+            sig_out[s] = _exp2((min(x, F32(0.0)) - tail) * LOG2E)
+    elif softplus:
+        for s in range(t1 - t0):
+            dt_out[s] = _softplus_parts(x_in[s] + bias)[0]
+    else:
+        for s in range(t1 - t0):
+            dt_out[s] = x_in[s] + bias
+        if need_slope:  # the forward passes one buffer as both outputs
+            for s in range(t1 - t0):
+                sig_out[s] = F32(1.0)
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -155,8 +160,9 @@ def _backward_block(p, i, g, N, u, delta, bias, A, BC, skip, softplus, starts, g
     h = np.empty(N, F32)
     A2 = np.empty(N, F32)
     acc_A = np.empty(N, F32)
-    states = np.empty((CHUNK, N), F32)  # h_{t-1} of every step of the chunk
+    ah = np.empty((CHUNK, N), F32)  # a_t h_{t-1} of every step of the chunk
     decays = np.empty((CHUNK, N), F32)
+    lams = np.empty((CHUNK, N), F32)  # dL/dh_t of every step of the chunk
     dt_buf = np.empty(CHUNK, F32)
     sig_buf = np.empty(CHUNK, F32)
     for d in range(g * H + p * per_block, g * H + min(H, (p + 1) * per_block)):
@@ -178,31 +184,40 @@ def _backward_block(p, i, g, N, u, delta, bias, A, BC, skip, softplus, starts, g
                 du = dt * u[i, d, t]
                 for n in range(N):
                     a = _exp2(dt * A2[n])
-                    states[t - t0, n] = h[n]
+                    decayed = a * h[n]
+                    ah[t - t0, n] = decayed
                     decays[t - t0, n] = a
-                    h[n] = a * h[n] + du * BC[i, g, t, 0, n]
-            # reverse sweep: lam = dL/dh_t, then carried to step t - 1 as a_t lam
+                    h[n] = decayed + du * BC[i, g, t, 0, n]
+            # reverse sweep, first the sequential part: lam = dL/dh_t, carried to step t - 1 as a_t lam
             for t in range(t1 - 1, t0 - 1, -1):
-                dt = dt_buf[t - t0]
+                s = t - t0
+                gy_t = gy[i, d, t]
+                for n in range(N):
+                    lam_n = lam[n] + gy_t * BC[i, g, t, 1, n]
+                    lams[s, n] = lam_n
+                    lam[n] = lam_n * decays[s, n]
+            # then the gradients of every step, independent of each other: apart from the chain, this heavier loop
+            # vectorises over the states (the backward took 1.3x as long with both in one loop)
+            for s in range(t1 - t0):
+                t = t0 + s
+                dt = dt_buf[s]
                 u_t = u[i, d, t]
                 du = dt * u_t
                 gy_t = gy[i, d, t]
                 sum_du = F32(0.0)  # dL/d(du_t)
                 sum_dt = F32(0.0)  # dL/d(dt_t) through the decays
                 for n in range(N):
-                    a, h_prev = decays[t - t0, n], states[t - t0, n]
-                    B_n, C_n = BC[i, g, t, 0, n], BC[i, g, t, 1, n]
-                    g_BC[p, i, g, t, 1, n] += gy_t * (a * h_prev + du * B_n)
-                    lam_n = lam[n] + gy_t * C_n
+                    decayed, lam_n = ah[s, n], lams[s, n]
+                    B_n = BC[i, g, t, 0, n]
+                    g_BC[p, i, g, t, 1, n] += gy_t * (decayed + du * B_n)
                     g_BC[p, i, g, t, 0, n] += lam_n * du
                     sum_du += lam_n * B_n
-                    q = lam_n * a * h_prev  # dL/d(dt_t A)
+                    q = lam_n * decayed  # dL/d(dt_t A)
                     acc_A[n] += q * dt
                     sum_dt += q * A[d, n]
-                    lam[n] = lam_n * a
                 g_u[i, d, t] = sum_du * dt + gy_t * skip[d]
                 acc_skip += gy_t * u_t
-                g_x = (sum_dt + sum_du * u_t) * sig_buf[t - t0]
+                g_x = (sum_dt + sum_du * u_t) * sig_buf[s]
                 g_delta[i, d, t] = g_x
                 acc_bias += g_x
         for n in range(N):
