@@ -224,24 +224,7 @@ def official_extra_macs(model: VMUNetV2, x: torch.Tensor) -> int:
     """MACs of VM-UNetV2's last encoder stage, which the official forward runs and discards (ours skips it)."""
     with torch.inference_mode():
         stage_inputs, _ = model.vmunet.stage_inputs(model.to_rgb(x), last_stage=False)
-    return count_macs_of(model.vmunet.layers[3], stage_inputs[-1])
-
-
-def count_macs_of(module: nn.Module, x: torch.Tensor) -> int:
-    total = 0
-
-    def hook(layer, inputs, output):
-        nonlocal total
-        total += sum(module_macs(layer, inputs, output).values())
-
-    handles = [m.register_forward_hook(hook) for m in module.modules() if module_macs_possible(m)]
-    try:
-        with torch.inference_mode():
-            module(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+    return count_macs(model.vmunet.layers[3], stage_inputs[-1]).total  # a plain module: one part
 
 
 def time_forward(model: nn.Module, x: torch.Tensor, repeats: int) -> list[float]:
