@@ -140,3 +140,8 @@ def make_nnunet(root: Path, train_cases=4, test_cases=2, shape=(40, 32, 3), seed
                      str(root / f"images{subset}" / f"{name}_0000.nii.gz"))
             nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), str(root / f"labels{subset}" / f"{name}.nii.gz"))
     return root
+
+
+# Decode a child's output as UTF-8 whatever the locale (a C/POSIX locale decodes as ASCII, and torchrun's or
+# torch's messages may hold non-ASCII bytes): subprocess keyword arguments in place of text=True.
+UTF8_TEXT = {"encoding": "utf-8", "errors": "replace"}

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import vmunet.cli as cli
-from builders import make_isic
+from builders import UTF8_TEXT, make_isic
 
 COMMANDS = {"train", "evaluate", "cv", "predict", "export", "serve", "demo", "forward", "info"}
 
@@ -45,7 +45,7 @@ def test_ctrl_c_during_training_exits_130_and_says_how_to_resume(tmp_path):
     command = [sys.executable, "-m", "vmunet", "train", "--preset", "isic18", "--model", "vmunet-tiny",
                "--image-size", "32", "--epochs", "1000", "--batch-size", "2", "--no-progress", "--data", str(data),
                "--run-dir", str(tmp_path / "run")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **UTF8_TEXT)
     try:
         for line in process.stdout:  # the first epoch line: the command is inside its try block
             if line.startswith("epoch 1/"):

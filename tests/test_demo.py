@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from builders import UTF8_TEXT
 
 pytest.importorskip("nilearn")
 
@@ -127,7 +128,7 @@ def test_demo_quick_end_to_end(tmp_path):
 
     run_dir = tmp_path / "demo"
     result = subprocess.run([sys.executable, "-m", "vmunet", "demo", "--quick", "--no-progress", "--run-dir",
-                             str(run_dir)], capture_output=True, text=True, timeout=600)
+                             str(run_dir)], capture_output=True, **UTF8_TEXT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     for row in ("grey matter", "white matter", "mean", "threshold baseline (two thresholds chosen on the test labels)",

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from builders import make_isic
+from builders import UTF8_TEXT, make_isic
 from vmunet.runtime.distributed import EpochSampler
 from vmunet.runtime.run_folder import load_checkpoint
 
@@ -21,7 +21,7 @@ COMMON = ["--preset", "isic18", "--model", "vmunet-tiny", "--image-size", "32", 
 
 def run(command, timeout=240):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(command, capture_output=True, **UTF8_TEXT, timeout=timeout, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
 
@@ -76,13 +76,13 @@ def test_a_killed_rank_fails_the_job_instead_of_hanging(tmp_path):
     data = make_isic(tmp_path / "data", counts={"train": 64, "val": 2, "test": 2})
     command = torchrun() + ["--standalone", "--nproc_per_node", "2", "-m", "vmunet", "train", "--data", str(data),
                             "--run-dir", str(tmp_path / "run"), "--batch-size", "2", *COMMON[:-2], "--epochs", "50"]
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **UTF8_TEXT,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
     children = []
     deadline = time.time() + 120
     while time.time() < deadline and len(children) < 2:
         time.sleep(0.5)
-        listed = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+        listed = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, **UTF8_TEXT).stdout.split()
         children = [int(pid) for pid in listed]
     assert len(children) == 2, "torchrun did not start two workers"
     time.sleep(3)  # inside training

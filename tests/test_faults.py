@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from builders import make_isic
+from builders import UTF8_TEXT, make_isic
 from vmunet.cli import main
 from vmunet.runtime.run_folder import load_checkpoint, save_checkpoint
 
@@ -61,7 +61,7 @@ def test_read_only_run_folder_fails_before_training(capsys, isic, tmp_path):
     mounted = False
     if os.geteuid() == 0:
         result = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)],
-                                capture_output=True, text=True)
+                                capture_output=True, **UTF8_TEXT)
         if result.returncode != 0:
             pytest.skip(f"root ignores file permissions and may not mount here ({result.stderr.strip()})")
         mounted = True

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from builders import make_isic
+from builders import UTF8_TEXT, make_isic
 from vmunet.cli import main
 from vmunet.runtime.run_folder import load_checkpoint
 from vmunet.runtime.writers import write_text_atomic
@@ -127,7 +127,7 @@ def test_resume_without_epochs_keeps_the_saved_epoch_count(capsys, trained):
     config_before = (run_dir / "config.yaml").read_text()
     # a subprocess with a timeout: the old behaviour trained on to 300 epochs
     result = subprocess.run([sys.executable, "-m", "vmunet", "train", "--run-dir", str(run_dir), "--resume",
-                             "--no-progress"], capture_output=True, text=True, env=ENV, timeout=120)
+                             "--no-progress"], capture_output=True, **UTF8_TEXT, env=ENV, timeout=120)
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["epochs"] == 2
     assert yaml.safe_load(config_before)["epochs"] == 2
@@ -205,7 +205,7 @@ def test_full_disk_while_saving_is_one_line_and_keeps_the_old_checkpoints(capsys
     small = tmp_path / "small"
     small.mkdir()
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], capture_output=True,
-                            text=True)
+                            **UTF8_TEXT)
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()})")
     try:
