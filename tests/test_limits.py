@@ -11,7 +11,7 @@ from PIL import Image
 
 from builders import blob_image
 from test_predict import make_run
-from test_serve_safety import nifti_claiming, png_claiming
+from hostile_files import nifti_claiming, png_claiming
 from vmunet.cli import main
 from vmunet.config import TrainConfig
 from vmunet.data.readers import read_image_file, read_sitk_volume
@@ -123,3 +123,9 @@ def test_dicom_series_is_counted_from_its_headers(tmp_path):
     check_dicom_files(files, tmp_path / "ct", 5 * 20 * 24)
     with pytest.raises(TooLarge, match=r"ct: the DICOM series holds more than 2,399 voxels"):
         check_dicom_files(files, tmp_path / "ct", 5 * 20 * 24 - 1)
+    from vmunet.data.dicom import find_series, read_dicom_series
+
+    series = find_series(tmp_path / "ct")[0]
+    assert read_dicom_series(series)[0].shape == (5, 24, 20)
+    with voxel_limit(1000), pytest.raises(TooLarge, match="ct: the DICOM series holds more than 1,000 voxels"):
+        read_dicom_series(series)  # what predict and training read through

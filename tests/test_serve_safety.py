@@ -2,17 +2,14 @@
 check, the token (checked before the body), the concurrency and read-time limits, the bounded preview, and a
 bounded load test mixing valid and hostile uploads (memory, temporary files, still answering afterwards)."""
 
-import gzip
 import io
 import socket
-import struct
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +25,7 @@ with warnings.catch_warnings():  # starlette's note that it prefers httpx2 to ht
     from fastapi.testclient import TestClient  # noqa: E402
 
 from builders import blob_image  # noqa: E402
+from hostile_files import SECRET, h5_file, mha, nifti_claiming, nrrd, png_claiming  # noqa: E402
 from test_predict import make_run  # noqa: E402
 from vmunet.cli import main  # noqa: E402
 from vmunet.serve import create_app, make_server, serve  # noqa: E402
@@ -36,59 +34,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-SECRET = b"TOP-SECRET-DATA!"  # 16 bytes: a 4 x 4 x 1 uint8 volume if a reader followed a header to it
-
-
-# ---- hostile files, built byte by byte (nothing large is ever written) ----
-
-def png_claiming(width: int, height: int, bit_depth: int = 1) -> bytes:
-    """A PNG whose header says width x height (grey, ``bit_depth``) with no pixel data worth the name."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
-
-
-def nifti_claiming(shape: tuple[int, ...], gz: bool = False) -> bytes:
-    """A single-file NIfTI-1 header claiming ``shape`` uint8 voxels, followed by none."""
-    import nibabel as nib
-
-    header = nib.Nifti1Header()
-    header.set_data_shape(shape)
-    header.set_data_dtype(np.uint8)
-    header["vox_offset"] = 352
-    data = header.binaryblock + b"\0" * 4
-    return gzip.compress(data) if gz else data
-
-
-def mha(data_file: str, size: str = "4 4 1", extra: str = "") -> bytes:
-    return (f"ObjectType = Image\nNDims = 3\nDimSize = {size}\nElementType = MET_UCHAR\n{extra}"
-            f"ElementDataFile = {data_file}\n").encode() + (bytes(16) if data_file == "LOCAL" else b"")
-
-
-def nrrd(data_file_line: str) -> bytes:
-    return f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 4 4 1\nencoding: raw\n{data_file_line}\n\n".encode()
-
-
-def h5_file(path: Path, how: str, secret_h5: Path | None = None, secret_raw: Path | None = None) -> bytes:
-    import h5py
-
-    with h5py.File(path, "w") as f:
-        if how == "external":  # raw storage in another file
-            f.create_dataset("image", shape=(1, 4, 4), dtype="u1", external=[(str(secret_raw), 0, 16)])
-        elif how == "link":
-            f["image"] = h5py.ExternalLink(str(secret_h5), "/image")
-        elif how == "soft-to-link":
-            f["elsewhere"] = h5py.ExternalLink(str(secret_h5), "/image")
-            f["image"] = h5py.SoftLink("/elsewhere")
-        elif how == "virtual":
-            layout = h5py.VirtualLayout(shape=(1, 4, 4), dtype="u1")
-            layout[:] = h5py.VirtualSource(str(secret_h5), "image", shape=(1, 4, 4))
-            f.create_virtual_dataset("image", layout)
-        elif how == "huge":  # chunked, nothing written: a few KB claiming 30000^3 float32
-            f.create_dataset("image", shape=(30000, 30000, 30000), dtype="f4", chunks=(1, 64, 64))
-    return path.read_bytes()
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -487,6 +432,7 @@ def test_bounded_load_mixed_valid_and_hostile(live, secrets_dir):
     for thread in threads:
         thread.join(120)
     peak_mib = (vm_hwm_kib() - baseline) / 1024
+    print(f"load test: {sum(counts.values())} answers {counts}, peak +{peak_mib:.0f} MiB above the warm server")
     assert not errors, errors[:5]
     assert counts.get(200, 0) >= 1 and counts.get(413, 0) >= 1, counts
     assert peak_mib < LOAD_BOUND_MIB, f"peak {peak_mib:.0f} MiB above the loaded model"
