@@ -440,3 +440,24 @@ def test_bounded_load_mixed_valid_and_hostile(live, secrets_dir):
         assert response.status == 200
     assert http(port, "after.png", good_png(5), AUTH) == 200
     assert list(temp.iterdir()) == []
+
+
+def test_no_token_is_explicit_and_warned(run, monkeypatch):
+    class FakeServer:
+        def run(self, sockets):
+            pass
+
+    apps = []
+    monkeypatch.setattr("vmunet.serve.make_server", lambda app, host, port: apps.append(app) or FakeServer())
+    lines = []
+    serve(run, host="127.0.0.1", port=0, device="cpu", no_token=True, report=lines.append)
+    assert any("warning: --no-token" in line for line in lines) and not any("?token=" in line for line in lines)
+    assert TestClient(apps[-1], base_url="http://127.0.0.1").get("/info").status_code == 200
+    lines.clear()
+    serve(run, host="127.0.0.1", port=0, device="cpu", report=lines.append)  # the default: a random token
+    token = next(line for line in lines if "?token=" in line).split("?token=")[1].split()[0]
+    client = TestClient(apps[-1], base_url="http://127.0.0.1")
+    assert len(token) >= 32 and client.get("/info").status_code == 401
+    assert client.get("/info", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    with pytest.raises(ValueError, match="--no-token and --token together"):
+        serve(run, host="127.0.0.1", port=0, device="cpu", no_token=True, token="abc", report=lines.append)
