@@ -347,8 +347,11 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
     def _answer(path: Path, kind: str, name: str, work: Path, format: str, preview: bool,
                 pixel_spacing) -> Response:
         def bad_file(error: Exception, status: int = 422):
-            log.warning("%s: rejected", name, exc_info=error)  # the traceback in the server log only
             message = " ".join(str(error).replace(str(path), name).split()) or type(error).__name__
+            if isinstance(error, (TooLarge, NotSelfContained)):  # expected refusals: one line, even under attack
+                log.warning("%s: rejected (%d): %s", name, status, message)
+            else:
+                log.warning("%s: rejected", name, exc_info=error)  # the traceback in the server log only
             if not message.startswith(name):
                 message = f"{name}: {message}"
             return HTTPException(status, message)
