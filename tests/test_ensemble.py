@@ -255,7 +255,7 @@ def test_serve_with_two_run_dirs_answers_what_predict_writes(runs, tmp_path):
 
     from vmunet.serve import create_app
 
-    client = TestClient(create_app([runs["a"], runs["b"]], device="cpu"))
+    client = TestClient(create_app([runs["a"], runs["b"]], device="cpu"), base_url="http://127.0.0.1")
     info = client.get("/info").json()
     assert [m["run"] for m in info["members"]] == ["a", "b"] and [m["image_size"] for m in info["members"]] == [64, 32]
     buffer = io.BytesIO()
@@ -287,7 +287,7 @@ def test_docs_page_loads_its_assets_from_this_server(runs):
 
     from vmunet.serve import create_app
 
-    client = TestClient(create_app(runs["a"], device="cpu"))
+    client = TestClient(create_app(runs["a"], device="cpu"), base_url="http://127.0.0.1")
     page = client.get("/docs")
     assert page.status_code == 200
     assets = re.findall(r"""(?:src|href)=['"]([^'"]+\.(?:js|css))['"]""", page.text)

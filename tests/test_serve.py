@@ -74,9 +74,14 @@ def uploads(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("serve-uploads")
 
 
+def local_client(app) -> TestClient:
+    """A TestClient that sends Host: 127.0.0.1 (TestClient's own "testserver" is not a loopback name)."""
+    return TestClient(app, base_url="http://127.0.0.1")
+
+
 @pytest.fixture(scope="module")
 def client(binary_run, uploads) -> TestClient:
-    return TestClient(create_app(binary_run, device="cpu", max_upload_mb=0.05, temp_dir=uploads))
+    return local_client(create_app(binary_run, device="cpu", max_upload_mb=0.05, temp_dir=uploads))
 
 
 def post(client, name: str, data: bytes, **params):
@@ -154,7 +159,7 @@ def test_json_statistics_areas_and_preview(client, binary_run, tmp_path):
 def test_nifti_round_trip_keeps_the_affine(volume_run, tmp_path):
     import nibabel as nib
 
-    client = TestClient(create_app(volume_run, device="cpu"))
+    client = local_client(create_app(volume_run, device="cpu"))
     source = tmp_path / "scan.nii.gz"
     affine = write_nifti(source, shape=(40, 36, 5))
     data = source.read_bytes()
@@ -182,7 +187,7 @@ def test_nifti_round_trip_keeps_the_affine(volume_run, tmp_path):
 
 def test_mha_volume_round_trip_keeps_its_geometry(volume_run, tmp_path):
     sitk = pytest.importorskip("SimpleITK")
-    client = TestClient(create_app(volume_run, device="cpu"))
+    client = local_client(create_app(volume_run, device="cpu"))
     image = sitk.GetImageFromArray(np.random.default_rng(8).normal(size=(3, 30, 44)).astype(np.float32))
     image.SetSpacing((0.8, 0.7, 2.5))
     image.SetOrigin((-10.0, 5.0, 30.0))
@@ -235,13 +240,13 @@ def test_bad_files_get_one_line_4xx_and_the_server_keeps_serving(client):
 
 
 def test_bearer_token_required_when_set(binary_run):
-    client = TestClient(create_app(binary_run, device="cpu", token=TOKEN))
+    client = local_client(create_app(binary_run, device="cpu", token=TOKEN))
     data = blob_png(7, 32, 32)
     assert client.get("/health").json()["token_required"] is True  # liveness needs no token
     assert client.get("/").status_code == 200  # the page holds no data; it asks for the token
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         response = client.post("/predict", headers=headers, files={"file": ("a.png", data)})
-        assert_one_line(response, 401, "bearer token")
+        assert_one_line(response, 401, "token is required", "Bearer")
         assert response.headers["www-authenticate"] == "Bearer"
         assert client.get("/info", headers=headers).status_code == 401
     good = {"Authorization": f"Bearer {TOKEN}"}
@@ -252,7 +257,7 @@ def test_bearer_token_required_when_set(binary_run):
 def test_temporary_files_are_removed(binary_run, tmp_path):
     temp = tmp_path / "tmp"
     temp.mkdir()
-    client = TestClient(create_app(binary_run, device="cpu", temp_dir=temp, max_upload_mb=0.05))
+    client = local_client(create_app(binary_run, device="cpu", temp_dir=temp, max_upload_mb=0.05))
     assert post(client, "a.png", blob_png(8, 32, 32)).status_code == 200
     assert post(client, "a.png", blob_png(8, 32, 32), format="json", preview="true").status_code == 200
     assert post(client, "cut.png", blob_png(8, 32, 32)[:50]).status_code == 422
@@ -270,15 +275,16 @@ def test_cli_serve_missing_extra_and_host_warning(binary_run, monkeypatch, capsy
     started = []
 
     class FakeServer:
-        def run(self):
-            started.append(True)
+        def run(self, sockets):
+            started.append(sockets[0].getsockname())
 
     monkeypatch.setattr("vmunet.serve.make_server", lambda app, host, port: FakeServer())
     lines = []
-    serve(binary_run, host="0.0.0.0", port=9, device="cpu", report=lines.append)
-    assert started and "warning: serving on 0.0.0.0" in lines[0] and "no --token" in lines[0]
+    serve(binary_run, host="0.0.0.0", port=0, device="cpu", report=lines.append)
+    assert started and "warning: serving on 0.0.0.0" in lines[0] and "reachable from other machines" in lines[0]
+    assert "?token=" in lines[-1]  # a random token by default, in the URL to open
     lines.clear()
-    serve(binary_run, host="127.0.0.1", port=9, device="cpu", report=lines.append)
+    serve(binary_run, host="127.0.0.1", port=0, device="cpu", report=lines.append)
     assert not any("warning" in line for line in lines)
 
 
@@ -293,7 +299,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def live_server(binary_run, uploads):
     port = free_port()
-    server = make_server(create_app(binary_run, device="cpu", temp_dir=uploads), "127.0.0.1", port,
+    server = make_server(create_app(binary_run, device="cpu", temp_dir=uploads, token=TOKEN), "127.0.0.1", port,
                          log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -311,7 +317,8 @@ def http_post(url: str, name: str, data: bytes) -> bytes:
     body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
             f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
     request = urllib.request.Request(url + "/predict", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
+                                              "Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return response.read()
 
@@ -374,7 +381,7 @@ def test_page_in_headless_chromium(live_server, binary_run, tmp_path):
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
         driver.set_page_load_timeout(30)
-        driver.get(live_server + "/")
+        driver.get(f"{live_server}/?token={TOKEN}")  # the URL serve prints; the page keeps the token as a cookie
         WebDriverWait(driver, 20).until(lambda d: "vmunet-tiny" in d.find_element(By.ID, "runline").text)
         driver.find_element(By.ID, "file").send_keys(str(image))
         WebDriverWait(driver, 30).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state")

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from vmunet.io.limits import CLI_MAX_VOXELS, SERVE_MAX_VOXELS
 from vmunet.models.presets import PRESETS
 
 
@@ -228,18 +229,47 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write OUT/FOLDER.seg.dcm for each DICOM series input: a DICOM SEG (one segment "
                              "per class) that references the series (needs pip install 'vmunet[dicom-seg]')")
     parser.add_argument("--postprocessing", metavar="FILE.json", help=POSTPROCESSING_HELP)
+    add_max_voxels_argument(parser, CLI_MAX_VOXELS)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {text!r}")
+    return value
+
+
+def add_max_voxels_argument(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument("--max-voxels", type=positive_int, default=default, metavar="N",
+                        help=f"refuse a file whose header claims more pixels or voxels than N, before decoding it "
+                             f"(default {default:,}; images also above Pillow's decompression bomb warning)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """0 when every input was predicted, 1 when some could not be (each reported on stderr)."""
+    from vmunet.io.limits import voxel_limit
     from vmunet.predict import predict_paths
 
     args.run_dir, args.inputs = split_run_folders(args.run_dir, args.inputs)
-    summary = predict_paths(args.run_dir, args.inputs, args.out, checkpoint=args.checkpoint, tta=args.tta,
-                            overlay=args.overlay, batch_size=args.batch_size, device=args.device,
-                            skip_existing=args.skip_existing, save_probabilities=args.save_probabilities,
-                            allow_pickle=args.trust_checkpoint, postprocessing=args.postprocessing,
-                            dicom_seg=args.dicom_seg)
+    with voxel_limit(args.max_voxels):  # an input over it is skipped with one line naming it and the limit
+        summary = predict_paths(args.run_dir, args.inputs, args.out, checkpoint=args.checkpoint, tta=args.tta,
+                                overlay=args.overlay, batch_size=args.batch_size, device=args.device,
+                                skip_existing=args.skip_existing, save_probabilities=args.save_probabilities,
+                                allow_pickle=args.trust_checkpoint, postprocessing=args.postprocessing,
+                                dicom_seg=args.dicom_seg)
     print(f"vmunet predict: {summary.describe()}; outputs in {args.out}")
     return summary.exit_code
 
@@ -302,6 +332,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vmunet.serve import serve
 
     serve(args.run_dir, host=args.host, port=args.port, token=args.token, max_upload_mb=args.max_upload_mb,
+          no_token=args.no_token, allowed_hosts=args.allowed_host, max_voxels=args.max_voxels,
+          max_concurrent=args.max_concurrent, read_timeout_s=args.read_timeout, queue_wait_s=args.queue_wait,
           checkpoint=args.checkpoint, device=args.device, tta=args.tta, batch_size=args.batch_size,
           allow_pickle=args.trust_checkpoint, scan_backend=args.scan_backend)
     return 0
@@ -315,11 +347,24 @@ def add_serve_parser(sub) -> None:
     add_run_arguments(p, several=True)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; another one is warned about)")
-    p.add_argument("--port", type=int, default=8000, help="default 8000")
+    p.add_argument("--port", type=port_number, default=8000, help="default 8000")
+    p.add_argument("--allowed-host", action="append", metavar="NAME",
+                   help="also answer requests whose Host is NAME (repeatable; e.g. the name a reverse proxy "
+                        "forwards); bound to loopback, only 127.0.0.1, localhost and [::1] are answered")
     p.add_argument("--token", default=os.environ.get("VMUNET_SERVE_TOKEN") or None,
-                   help="require 'Authorization: Bearer TOKEN' on /info and /predict (default: $VMUNET_SERVE_TOKEN "
-                        "if set, else no authentication; the variable keeps the token out of the process list)")
+                   help="the token /info and /predict need (Authorization: Bearer TOKEN, or the page's cookie) "
+                        "(default: $VMUNET_SERVE_TOKEN if set, else a random one, printed in the URL to open; the "
+                        "variable keeps it out of the process list)")
+    p.add_argument("--no-token", action="store_true",
+                   help="serve without authentication (anyone who reaches the server can use the model)")
     p.add_argument("--max-upload-mb", type=float, default=512.0, help="larger uploads get 413 (default 512)")
+    add_max_voxels_argument(p, SERVE_MAX_VOXELS)
+    p.add_argument("--max-concurrent", type=positive_int, default=2, metavar="N",
+                   help="uploads received, decoded and predicted at once; more wait, then get 503 (default 2)")
+    p.add_argument("--read-timeout", type=float, default=60.0, metavar="S",
+                   help="an upload's body must arrive within S seconds, else 408 (default 60)")
+    p.add_argument("--queue-wait", type=float, default=10.0, metavar="S",
+                   help="how long a request waits for one of the --max-concurrent slots before 503 (default 10)")
     p.add_argument("--tta", action="store_true", help="average the flips, as predict --tta")
     p.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")

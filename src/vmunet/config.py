@@ -67,6 +67,9 @@ class TrainConfig:
     deterministic: bool = False
     # Normalised surface Dice tolerance: mm when the case has a spacing, pixels/voxels otherwise.
     nsd_tolerance_mm: float = 1.0
+    # Refuse a training file whose header claims more pixels/voxels than this, before decoding it
+    # (vmunet.io.limits; null: its default, as vmunet predict --max-voxels).
+    max_voxels: int | None = None
 
     def validate(self) -> TrainConfig:
         checks = [
@@ -98,6 +101,8 @@ class TrainConfig:
              f"loss_weights must be two numbers >= 0, not both 0 (BCE or CE, then Dice; got "
              f"{list(self.loss_weights)})"),
             (self.nsd_tolerance_mm >= 0, f"nsd_tolerance_mm must be >= 0 (got {self.nsd_tolerance_mm})"),
+            (self.max_voxels is None or self.max_voxels >= 1,
+             f"max_voxels must be >= 1 or null (got {self.max_voxels})"),
             *fold_checks(self),
         ]
         for ok, message in checks:

@@ -271,6 +271,7 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
     inputs_read += [path for one in series for path in one.files]
     jobs = plan_outputs(files, out_dir, cases, series)
     planned = planned_files(jobs, out_dir, overlay, save_probabilities, inputs_read)  # its errors come first
+    out_existed = out_dir.exists()  # a folder made here and left empty (every input skipped) is removed
     check_output_folder(out_dir)
     refuse_overwriting(planned, inputs_read + [path for run in runs for path in run_folder_files(run)])
     summary = PredictSummary()
@@ -281,6 +282,7 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
         summary.skipped = [job.output for job in jobs if job.output.is_file()]
         jobs = [job for job in jobs if not job.output.is_file()]
     if not jobs:
+        _remove_if_empty(out_dir, out_existed)
         return summary
     predictor = load_predictor(runs, checkpoint, device=device, tta=tta, batch_size=batch_size,
                                allow_pickle=allow_pickle)
@@ -359,7 +361,15 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
             summary.volumes += 1
             summary.slices += volume.shape[0]
     summary.slice_seconds = time.perf_counter() - started
+    _remove_if_empty(out_dir, out_existed)
     return summary
+
+
+def _remove_if_empty(folder: Path, existed: bool) -> None:
+    """Remove ``folder`` when this call made it and wrote nothing into it (e.g. every input over the size limit):
+    no empty --out is left behind. A folder that existed before is the user's: kept."""
+    if not existed and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _write_image_outputs(job: _Job, image: np.ndarray, prediction: Prediction, num_classes: int, out_dir: Path,

@@ -15,21 +15,35 @@ asks for ``?format=json&preview=true``, which adds the pictures it draws and the
 
 Reading, the prediction and writing are ``vmunet.predict``'s own functions (``vmunet.data.readers``,
 ``vmunet.inference.Predictor``, ``vmunet.runtime.writers``). The model is loaded once; predictions run one at a time
-(a lock: on a CPU parallel forwards only compete for the cores), while uploads are received and files decoded
-concurrently. Every upload goes to a temporary folder removed when its request ends.
+(a lock: on a CPU parallel forwards only compete for the cores). Every upload goes to a temporary folder removed
+when its request ends.
+
+What guards it (README, "Running the service safely"; the middleware in ``vmunet.runtime.http_guards``), in the
+order a request meets it:
+
+1. ``HostCheck``: the Host header must be one this server answers to (loopback names when bound to loopback,
+   plus ``allowed_hosts``): a web page that rebinds its own name to 127.0.0.1 gets 421.
+2. ``TokenCheck``: a bearer token (header or the cookie that ``/?token=`` sets) on everything but the page,
+   ``/health`` and the API docs, checked before a byte of the body is read: 401.
+3. ``RequestSlots``: at most ``max_concurrent`` uploads are received, decoded and predicted at once; the next
+   ones wait up to ``queue_wait_s``, then get 503 with Retry-After. The body must arrive within
+   ``read_timeout_s`` (408) and stay under ``max_upload_mb`` (413).
+4. The upload's header (``vmunet.io.limits.check_file``): self-contained (no second file named by it) and at
+   most ``max_voxels`` pixels/voxels (413), before any library decodes it.
 """
 
 import base64
-import hmac
 import inspect
 import io
 import logging
 import re
+import secrets
 import shutil
+import socket
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import nullcontext
 from importlib import resources
 from pathlib import Path
@@ -39,15 +53,25 @@ import numpy as np
 from vmunet.data.readers import (input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_volume,
                                  read_sitk_volume)
 from vmunet.inference import Ensemble, Prediction, Segmenter, load_predictor
+from vmunet.io.limits import SERVE_MAX_VOXELS, NotSelfContained, TooLarge, check_file
+from vmunet.runtime.http_guards import (LOOPBACK_HOST_NAMES, WILDCARD, HostCheck, RequestSlots, Slots, TokenCheck,
+                                        allowed_host_names, check_token)
 from vmunet.ops import use_backend
 from vmunet.ops.workspace import scan_workspace
 from vmunet.predict import READ_ERRORS, _Job, _write_image_outputs, _write_volume_outputs
 
-__all__ = ["DEFAULT_MAX_UPLOAD_MB", "create_app", "make_server", "require_serve_extra", "serve"]
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "SERVE_MAX_VOXELS", "check_token", "create_app", "make_server",
+           "require_serve_extra", "serve"]
 
 log = logging.getLogger("vmunet.serve")
 
 DEFAULT_MAX_UPLOAD_MB = 512.0
+DEFAULT_MAX_CONCURRENT = 2  # uploads received, decoded and predicted at once (the forward itself: one at a time)
+DEFAULT_READ_TIMEOUT_S = 60.0  # for the whole body of one upload
+DEFAULT_QUEUE_WAIT_S = 10.0  # a request beyond max_concurrent waits this long for a slot, then gets 503
+PREVIEW_SLICES = 8  # a volume's preview: at most this many slices, evenly spaced
+PREVIEW_SIDE = 512  # ... each downscaled to at most this many pixels a side
+MAX_NAME = 100  # characters of an upload's file name kept (a longer one is shortened, its ending kept)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 EXTRA_HINT = "vmunet serve needs the 'serve' extra (FastAPI, uvicorn, python-multipart): pip install 'vmunet[serve]'"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -71,45 +95,14 @@ def require_serve_extra() -> None:
         raise ImportError(f"{EXTRA_HINT} (missing: {', '.join(missing)})")
 
 
-class _UploadLimit:
-    """ASGI middleware: a request body over ``max_bytes`` gets 413, from its Content-Length before anything is
-    read, or as soon as the bytes received pass the limit (chunked uploads)."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        from fastapi import HTTPException
-
-        message = (f"upload larger than the limit of {self.max_bytes / 2 ** 20:.4g} MiB "
-                   "(vmunet serve --max-upload-mb)")
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await _send_json(send, 413, {"detail": message})
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            event = await receive()
-            if event["type"] == "http.request":
-                received += len(event.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, message)  # answered by FastAPI's exception handling, inside
-            return event
-
-        return await self.app(scope, limited_receive, send)
-
-
-async def _send_json(send, status: int, payload: dict) -> None:
-    import json
-
-    body = json.dumps(payload).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+def upload_name(filename: str | None) -> str:
+    """The upload's file name made safe for the disk and a header: letters, digits, ``._-``, at most MAX_NAME
+    characters (a longer name keeps its ending, which says its kind)."""
+    name = _SAFE_NAME.sub("_", Path(filename or "upload").name).strip("._") or "upload"
+    if len(name) <= MAX_NAME:
+        return name
+    suffix = name[len(output_stem(Path(name))):]
+    return name[:MAX_NAME - len(suffix)] + suffix if len(suffix) < MAX_NAME // 2 else name[:MAX_NAME]
 
 
 def _spacing_of(reference) -> tuple[float, ...] | None:
@@ -165,15 +158,38 @@ def _png_data_url(picture: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _preview(display: np.ndarray, labels: np.ndarray) -> dict:
-    """What the page draws: per slice the image as a PNG data URL and the class ids as base64 uint8 (H*W)."""
-    if labels.ndim == 2:
-        display, labels = display[None], labels[None]
+def preview_slices(depth: int, count: int = PREVIEW_SLICES) -> list[int]:
+    """At most ``count`` slice indices of a volume of ``depth`` slices, evenly spaced, ends included."""
+    if depth <= count:
+        return list(range(depth))
+    return sorted({int(round(z)) for z in np.linspace(0, depth - 1, count)})
+
+
+def _fit(picture: np.ndarray, ids: np.ndarray, side: int = PREVIEW_SIDE) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W[, 3]) uint8 picture and (H, W) class ids downscaled (bilinear, nearest) to at most ``side`` a side."""
+    from PIL import Image
+
+    height, width = ids.shape
+    if max(height, width) <= side:
+        return picture, ids
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small_ids = np.asarray(Image.fromarray(np.clip(ids, 0, 255).astype(np.uint8)).resize(size, Image.NEAREST))
+    return np.asarray(Image.fromarray(picture).resize(size, Image.BILINEAR)), small_ids
+
+
+def _preview(display: np.ndarray, labels: np.ndarray, chosen: list[int], depth: int) -> dict:
+    """What the page draws, bounded whatever the input: per chosen slice (``preview_slices``; an image: one) the
+    picture as a PNG data URL and the class ids as base64 uint8 (h*w), at most PREVIEW_SIDE a side.
+
+    display: (n, H, W[, 3]) uint8 and labels (n, H, W), the n chosen slices of the ``depth`` there are."""
     slices = []
-    for picture, ids in zip(display, labels):
-        slices.append({"image": _png_data_url(picture),
+    for z, picture, ids in zip(chosen, display, labels):
+        picture, ids = _fit(picture, ids)
+        slices.append({"image": _png_data_url(picture), "z": z,
                        "labels": base64.b64encode(np.clip(ids, 0, 255).astype(np.uint8).tobytes()).decode()})
-    return {"height": int(labels.shape[1]), "width": int(labels.shape[2]), "slices": slices}
+    height, width = ids.shape
+    return {"height": int(height), "width": int(width), "depth": depth, "slices": slices}
 
 
 def _display_image(image: np.ndarray) -> np.ndarray:
@@ -222,20 +238,34 @@ def _run_names(run_dir: str | Path | list[str | Path]) -> str:
 def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best", device: str = "auto",
                tta: bool = False, batch_size: int = 8, allow_pickle: bool = False, token: str | None = None,
                max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, scan_backend: str | None = None,
-               temp_dir: str | Path | None = None, predictor: Segmenter | None = None):
+               temp_dir: str | Path | None = None, predictor: Segmenter | None = None,
+               max_voxels: int = SERVE_MAX_VOXELS, allowed_hosts: Collection[str] | None = LOOPBACK_HOST_NAMES,
+               max_concurrent: int = DEFAULT_MAX_CONCURRENT, read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+               queue_wait_s: float = DEFAULT_QUEUE_WAIT_S):
     """The FastAPI app serving one run folder, or the ensemble of several (a list; the models loaded here, once).
 
-    ``token``: every request but ``/``, ``/health`` and the OpenAPI pages needs ``Authorization: Bearer TOKEN``.
-    ``max_upload_mb``: a larger request body gets 413. ``scan_backend``: what "auto" means in the model's scans
-    (None: the caller's setting). ``temp_dir``: where uploads are stored while predicted (default: the system's).
+    ``token``: every request but ``/``, ``/health`` and the API docs needs it (``Authorization: Bearer TOKEN``, or
+    the cookie ``/?token=TOKEN`` sets); None: no authentication (``serve`` makes a random one unless told not to).
+    ``max_upload_mb``: a larger request body gets 413; ``max_voxels``: an upload whose header claims more pixels
+    or voxels gets 413. ``allowed_hosts``: the Host names answered (``allowed_host_names``; None: any).
+    ``max_concurrent``, ``read_timeout_s``, ``queue_wait_s``: see ``RequestSlots``. ``scan_backend``: what "auto"
+    means in the model's scans (None: the caller's setting). ``temp_dir``: where uploads are stored while
+    predicted (default: the system's).
     """
     require_serve_extra()
-    from fastapi import Depends, File, HTTPException, Query, Request, UploadFile
+    from fastapi import File, HTTPException, Query, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-    if max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb must be > 0 (got {max_upload_mb:g})")
+    check_token(token)
+    checks = [(max_upload_mb > 0, f"--max-upload-mb must be > 0 (got {max_upload_mb:g})"),
+              (max_voxels >= 1, f"--max-voxels must be >= 1 (got {max_voxels})"),
+              (max_concurrent >= 1, f"--max-concurrent must be >= 1 (got {max_concurrent})"),
+              (read_timeout_s > 0, f"--read-timeout must be > 0 (got {read_timeout_s:g})"),
+              (queue_wait_s >= 0, f"--queue-wait must be >= 0 (got {queue_wait_s:g})")]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
     if predictor is None:  # one run: its Predictor; several: their Ensemble, as vmunet predict builds them
         predictor = load_predictor(run_dir, checkpoint, device=device, tta=tta, batch_size=batch_size,
                                    allow_pickle=allow_pickle)
@@ -249,22 +279,18 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
                  f"the ensemble of {_run_names(run_dir)} (mean probabilities)")
     app = _fastapi_class()(title="vmunet serve", version=info.version,
                            description=f"Segmentation with {described}. POST an image or volume to /predict.")
-    app.add_middleware(_UploadLimit, max_bytes=max_bytes)
+    # Starlette runs the last added outermost: Host, then the token, then the upload slots, then FastAPI.
+    app.add_middleware(RequestSlots, slots=Slots(max_concurrent), max_bytes=max_bytes,
+                       read_timeout_s=read_timeout_s, queue_wait_s=queue_wait_s)
+    if token is not None:
+        app.add_middleware(TokenCheck, token=token)
+    app.add_middleware(HostCheck, allowed=None if allowed_hosts is None else {h.lower() for h in allowed_hosts})
 
     @app.exception_handler(RequestValidationError)
     def one_line_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(part) for part in problem.get('loc', ()))}: {problem.get('msg')}"
                              for problem in error.errors())
         return JSONResponse({"detail": f"bad request: {problems}"}, status_code=422)
-
-    def authorised(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            raise HTTPException(401, "a bearer token is required (Authorization: Bearer TOKEN)",
-                                headers={"WWW-Authenticate": "Bearer"})
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
@@ -275,19 +301,19 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
         """Liveness: always answers, without a token."""
         return {"status": "ok", "token_required": token is not None}
 
-    @app.get("/info", dependencies=[Depends(authorised)])
+    @app.get("/info")
     def run_info() -> dict:
         """The served run: classes, what it takes, the upload limit."""
         return {"run": _run_names(run_dir), "model": " + ".join(m.info.model_preset for m in members),
                 "dataset": info.dataset, "kind": "volumes" if info.is_volumetric else "images",
                 "num_classes": info.num_classes, "label_names": list(info.label_names),
                 "input_channels": info.input_channels, "image_size": info.image_size, "tta": predictor.tta,
-                "max_upload_bytes": max_bytes,
+                "max_upload_bytes": max_bytes, "max_voxels": max_voxels,
                 "accepts": ".png .jpg .jpeg .bmp .tif .tiff .nii .nii.gz .mha .nrrd .npy.h5",
                 "members": [{"run": m.run_dir.name if m.run_dir else None, "model": m.info.model_preset,
                              "image_size": m.info.image_size} for m in members]}
 
-    @app.post("/predict", dependencies=[Depends(authorised)],
+    @app.post("/predict",
               responses={200: {"content": {"image/png": {}, "application/gzip": {}, "application/json": {}},
                                "description": "the mask (PNG or NIfTI), or the class statistics as JSON"}})
     def predict(file: UploadFile = File(..., description="an image (PNG, JPG, TIFF, BMP) or a volume "
@@ -299,7 +325,7 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
                                                               "0.1,0.12 (rows, columns): areas in mm^2")):
         if format not in ("mask", "json"):
             raise HTTPException(422, f"format must be mask or json (got {format!r})")
-        name = _SAFE_NAME.sub("_", Path(file.filename or "upload").name).strip("._") or "upload"
+        name = upload_name(file.filename)
         kind = input_kind(Path(name))
         if kind is None:
             raise HTTPException(415, f"{name}: unsupported file type (expected an image .png .jpg .tif .bmp, "
@@ -321,14 +347,27 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
     def _answer(path: Path, kind: str, name: str, work: Path, format: str, preview: bool,
                 pixel_spacing) -> Response:
         def bad_file(error: Exception, status: int = 422):
-            log.warning("%s: rejected", name, exc_info=error)  # the traceback in the server log only
             message = " ".join(str(error).replace(str(path), name).split()) or type(error).__name__
+            if isinstance(error, (TooLarge, NotSelfContained)):  # expected refusals: one line, even under attack
+                log.warning("%s: rejected (%d): %s", name, status, message)
+            else:
+                log.warning("%s: rejected", name, exc_info=error)  # the traceback in the server log only
             if not message.startswith(name):
                 message = f"{name}: {message}"
             return HTTPException(status, message)
 
         from PIL import Image
 
+        try:  # the header first: self-contained, within the size limit; nothing is decoded before
+            check_file(path, kind, max_voxels, self_contained=True)
+        except ImportError as error:
+            raise bad_file(error, 415) from None
+        except TooLarge as error:
+            raise bad_file(error, 413) from None
+        except NotSelfContained as error:
+            raise bad_file(error, 422) from None
+        except READ_ERRORS as error:
+            raise bad_file(error) from None
         try:  # reading and the input's own checks, as in vmunet predict
             if kind == "image":
                 data, reference = read_image_file(path), None
@@ -336,11 +375,11 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
             elif kind == "nifti":
                 data, reference = read_nifti_volume(path)
                 predictor.check_volume(data)
-            elif kind == "sitk":  # .mha, .nrrd (an .mhd's pixel file cannot come along): SimpleITK, the itk extra
-                data, reference = read_sitk_volume(path)  # (z, x, y), the SimpleITK image
+            elif kind == "sitk":  # .mha, .nrrd holding their voxels: SimpleITK, the itk extra
+                data, reference = read_sitk_volume(path, self_contained=True)  # (z, x, y), the SimpleITK image
                 predictor.check_volume(data)
             else:
-                data, reference = read_h5_volume(path), None
+                data, reference = read_h5_volume(path, self_contained=True), None
                 predictor.check_volume(data)
         except ImportError as error:
             raise bad_file(error, 415) from None
@@ -381,10 +420,12 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
         body = {"file": name, "kind": "image" if kind == "image" else "volume", "shape": list(labels.shape),
                 "spacing_mm": list(spacing_mm) if spacing_mm is not None else None,
                 "classes": class_statistics(labels, list(info.label_names), predictor.num_classes, spacing_mm)}
-        if preview:
-            display = _display_image(data) if kind == "image" else _window_to_uint8(
-                data[..., 0] if data.ndim == 4 else data)
-            body["preview"] = _preview(display, labels)
+        if preview:  # a few slices, downscaled: bounded whatever the volume
+            chosen = [0] if kind == "image" else preview_slices(labels.shape[0])
+            display = _display_image(data)[None] if kind == "image" else _window_to_uint8(
+                data[chosen][..., 0] if data.ndim == 4 else data[chosen])
+            body["preview"] = _preview(display, labels[None] if kind == "image" else labels[chosen], chosen,
+                                       1 if kind == "image" else labels.shape[0])
             body["mask"] = {"filename": download, "media_type": media,
                             "base64": base64.b64encode(mask_bytes).decode()}
         return JSONResponse(body)
@@ -403,16 +444,63 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be 0..65535 (got {port})")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything is printed: a busy port is one line, not a banner then
+    uvicorn's error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a TIME_WAIT port is free
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {error.strerror or error}"
+                         + (" (another server uses it? choose another --port)"
+                            if error.errno in (98, 48, 10048) else "")) from None
+    return sock
+
+
 def serve(run_dir: str | Path | list[str | Path], host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, report: Callable[[str], None] = _stderr, **options) -> None:
+          max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, report: Callable[[str], None] = _stderr,
+          no_token: bool = False, allowed_hosts: list[str] | None = None, **options) -> None:
     """Serve ``run_dir`` until interrupted. Binds 127.0.0.1 by default; another address is reported as a
-    warning (anyone who reaches it can use the model, and read nothing else; without ``token``, unchallenged)."""
+    warning (anyone who reaches it can use the model, and read nothing else).
+
+    ``token`` None: a random one, printed in the URL to open (as Jupyter does); ``no_token``: no authentication,
+    with a warning. ``allowed_hosts``: Host names answered besides the loopback names and ``host``
+    (``allowed_host_names``). ``options``: ``create_app``'s.
+    """
     require_serve_extra()
-    app = create_app(run_dir, token=token, max_upload_mb=max_upload_mb, **options)
+    check_port(port)
+    if no_token and token is not None:
+        raise ValueError("--no-token and --token together: choose one")
+    check_token(token)
+    generated = token is None and not no_token
+    if generated:
+        token = secrets.token_urlsafe(24)
+    app = create_app(run_dir, token=token, max_upload_mb=max_upload_mb,
+                     allowed_hosts=allowed_host_names(host, allowed_hosts), **options)
+    sock = bind_socket(host, port)
     if host not in LOOPBACK:
-        report(f"warning: serving on {host}, reachable from other machines"
-               + ("" if token else "; no --token given, so anyone who reaches it can use the model"))
+        report(f"warning: serving on {host}, reachable from other machines; plain HTTP: put it behind a reverse "
+               "proxy with TLS (README, 'Running the service safely')")
+    if no_token:
+        report("warning: --no-token: anyone who can reach this server (any local user, any program) can use the "
+               "model")
     runs = " + ".join(str(Path(run)) for run in ([run_dir] if isinstance(run_dir, (str, Path)) else run_dir))
-    report(f"vmunet serve: {runs} on http://{'[' + host + ']' if ':' in host else host}:{port}/ "
-           f"(API docs at /docs; Ctrl-C stops)")
-    make_server(app, host, port).run()
+    shown = "127.0.0.1" if host in WILDCARD else host
+    url = f"http://{'[' + shown + ']' if ':' in shown else shown}:{sock.getsockname()[1]}/"
+    report(f"vmunet serve: {runs} on {url} (API docs at /docs; Ctrl-C stops)")
+    if generated:
+        report(f"open {url}?token={token} (the page keeps the token; programs send Authorization: Bearer TOKEN)")
+    elif token is not None:
+        report(f"token required: open {url}?token=TOKEN with your --token, or send Authorization: Bearer TOKEN")
+    try:
+        make_server(app, host, port).run(sockets=[sock])
+    finally:
+        sock.close()

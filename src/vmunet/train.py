@@ -30,6 +30,7 @@ import vmunet
 from vmunet.config import TrainConfig, config_from_dict
 from vmunet.data.transforms import recipe_interpolation
 from vmunet.ops import resolve_backend
+from vmunet.io.limits import voxel_limit
 from vmunet.ops.workspace import scan_workspace
 from vmunet.data.splits import TrainingData, case_names, prepare_training_data
 from vmunet.models import create_model, load_pretrained_vmamba
@@ -281,8 +282,9 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
     dist_info, device = init_distributed(config.device, config.dist_timeout_minutes)
     lock = RunFolderLock(run_dir)
     try:
-        return _train(config, run_dir, resume, data, progress and dist_info.is_main,
-                      echo if dist_info.is_main else (lambda *a, **k: None), dist_info, device, changes, lock)
+        with voxel_limit(config.max_voxels):  # every file read in this run is checked against it
+            return _train(config, run_dir, resume, data, progress and dist_info.is_main,
+                          echo if dist_info.is_main else (lambda *a, **k: None), dist_info, device, changes, lock)
     finally:
         lock.release()
         shutdown_distributed()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet.data.readers import input_kind, list_folder, simpleitk, sitk_to_dhw
+from vmunet.io.limits import check_dicom_files
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 PREAMBLE = 128  # a DICOM Part 10 file: a 128-byte preamble, then "DICM"
@@ -87,6 +88,7 @@ def find_series(folder: Path) -> list[DicomSeries]:
 def read_dicom_series(series: DicomSeries):
     """(volume (D, H, W) = (z, x, y) float32, the SimpleITK image for its geometry) of one series."""
     sitk = simpleitk()
+    check_dicom_files(series.files, series.folder)  # rows x columns x frames: the voxel limit before decoding
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(path) for path in series.files])
     try:

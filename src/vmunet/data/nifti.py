@@ -27,6 +27,7 @@ import numpy as np
 from vmunet.config import read_json
 from vmunet.data.checks import check_finite, check_labels, check_same_affine, check_same_shape
 from vmunet.data.readers import SITK_SUFFIXES, list_folder
+from vmunet.io.limits import check_nifti_header
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii(\.gz)?)$")  # nnU-Net: CASE_XXXX.nii.gz
 FILE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".png", ".bmp", ".tif", ".tiff")
@@ -137,6 +138,7 @@ def _load(path: Path):
 
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: cannot read NIfTI file: empty file (0 bytes)")
+    check_nifti_header(path)  # the voxel limit, before any voxel is decoded
     try:
         img = nib.load(path)
         data = np.asanyarray(img.dataobj)

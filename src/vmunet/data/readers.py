@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from vmunet.io.limits import check_h5_dataset, check_image_header, check_sitk_header, sitk_image_io
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 H5_SUFFIXES = (".npy.h5", ".h5")
@@ -102,11 +104,12 @@ def read_rgb_image(path: Path) -> np.ndarray:
     return np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
 
 
-def read_h5_volume(path: Path) -> np.ndarray:
+def read_h5_volume(path: Path, self_contained: bool = False) -> np.ndarray:
     """The ``image`` dataset (D, H, W) of a Synapse ``.npy.h5`` test volume.
 
     A single-file twin of ``vmunet.data.synapse.SynapseVolumes`` (which needs the dataset's list files);
-    the label, if present, is not read.
+    the label, if present, is not read. Its shape is checked against the voxel limit first, and with
+    ``self_contained`` (uploads) its storage (``vmunet.io.limits``).
     """
     try:
         import h5py
@@ -114,6 +117,7 @@ def read_h5_volume(path: Path) -> np.ndarray:
         raise ImportError("reading .h5 volumes needs h5py: pip install h5py") from exc
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: cannot read HDF5 file: empty file (0 bytes)")
+    check_h5_dataset(path, "image", self_contained=self_contained)
     try:
         with h5py.File(path, "r") as f:
             if "image" not in f:
@@ -153,13 +157,16 @@ def simpleitk():
     return SimpleITK
 
 
-def read_sitk_image(path: Path):
-    """The SimpleITK image of a file (any format ITK reads); errors name the file."""
+def read_sitk_image(path: Path, self_contained: bool = False):
+    """The SimpleITK image of a file (any format ITK reads; .mha/.mhd and .nrrd/.nhdr only through the reader their
+    ending names); errors name the file. The header is checked first (``vmunet.io.limits.check_sitk_header``: the
+    voxel limit, and with ``self_contained`` no second file)."""
     sitk = simpleitk()
     if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"{path}: cannot read image: empty file (0 bytes)")
+    check_sitk_header(path, self_contained=self_contained)
     try:
-        return sitk.ReadImage(str(path))
+        return sitk.ReadImage(str(path), imageIO=sitk_image_io(path) or "")
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"{path}: cannot read image: {reason}") from None
@@ -183,9 +190,9 @@ def sitk_geometry(image) -> tuple[tuple[float, float, float], np.ndarray]:
     return (float(sz), float(sx), float(sy)), affine
 
 
-def read_sitk_volume(path: Path):
+def read_sitk_volume(path: Path, self_contained: bool = False):
     """(volume (D, H, W) float32 = (z, x, y), the SimpleITK image for its geometry) of a .mha/.mhd/.nrrd file."""
-    image = read_sitk_image(path)
+    image = read_sitk_image(path, self_contained)
     return sitk_to_dhw(image, path).astype(np.float32), image
 
 
@@ -228,8 +235,10 @@ def read_image(path: Path, mode: str | None = None, keep_modes: tuple[str, ...] 
     orientation applied.
 
     The image is converted to ``mode`` unless its mode is already ``mode`` or one of ``keep_modes``;
-    ``drop_alpha`` first drops an alpha channel or transparency with a warning (``_without_alpha``).
+    ``drop_alpha`` first drops an alpha channel or transparency with a warning (``_without_alpha``). The header
+    is checked before decoding (``vmunet.io.limits.check_image_header``: the pixel limit, Pillow's bomb warning).
     """
+    check_image_header(path)
     try:
         with Image.open(path) as img:
             img.load()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet.data.checks import check_finite, check_labels, check_same_shape
+from vmunet.io.limits import check_h5_dataset
 
 CLASS_NAMES = ("background", "aorta", "gallbladder", "left kidney", "right kidney", "liver", "pancreas",
                "spleen", "stomach")
@@ -109,6 +110,8 @@ class SynapseVolumes:
     def __getitem__(self, index: int) -> dict:
         path = self.paths[index]
         h5py = _h5py()
+        for key in ("image", "label"):  # the voxel limit, before the arrays are read
+            check_h5_dataset(path, key)
         try:
             with h5py.File(path, "r") as f:  # closed as soon as the arrays are in memory
                 arrays = {key: f[key][()] for key in ("image", "label") if key in f}
