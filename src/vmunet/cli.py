@@ -81,7 +81,8 @@ def add_scan_backend_argument(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--scan-backend", default="auto", choices=["auto", *BACKENDS],
                         help="selective-scan implementation (default auto: numba on CPUs when installed, "
-                             "mamba_ssm on CUDA when installed, else torch; triton: fused GPU kernels, opt-in)")
+                             "mamba_ssm on CUDA when its compiled kernel is installed, else torch; triton: fused GPU "
+                             "kernels, opt-in)")
 
 
 def add_train_parser(sub) -> None:
