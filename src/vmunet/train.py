@@ -162,7 +162,7 @@ def build_datasets(config: TrainConfig, data: TrainingData):
 # What a --resume may change: where the data is, how long the run goes, and how this machine runs it. Everything
 # else (batch size, image size, lr, augmentation, ...) would make the resumed run another run.
 RESUME_CHANGEABLE = ("epochs", "data", "device", "num_workers", "detect_anomaly", "dist_timeout_minutes",
-                     "deterministic")
+                     "deterministic", "scan_backend")
 PATH_KEYS = ("data", "pretrained")
 
 
@@ -345,7 +345,9 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
     if config.pretrained and not resume:
         echo(load_pretrained_vmamba(model, config.pretrained).summary())
     model.to(device)
-    if config.deterministic and device.type == "cuda" and resolve_backend(config.scan_backend, "cuda") == "mamba_ssm":
+    # What "auto" (or use_backend) means here; run.json records it, config.yaml keeps what was asked for.
+    scan_backend = resolve_backend(config.scan_backend, device.type)
+    if config.deterministic and device.type == "cuda" and scan_backend == "mamba_ssm":
         # Its backward kernel accumulates dA with atomic adds, which PyTorch's deterministic switch cannot see.
         echo("warning: --deterministic: the mamba_ssm scan's CUDA backward adds gradients atomically, so runs can "
              "still differ; --scan-backend torch repeats exactly (or fails on an op it cannot make deterministic)")
@@ -379,7 +381,7 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
                                         image_size=config.image_size, dataset=config.dataset,
                                         version=vmunet.__version__,
                                         interpolation=recipe_interpolation(config.augmentation),
-                                        label_colours=data.label_colours))
+                                        label_colours=data.label_colours, scan_backend=scan_backend))
     train_set, val_set = build_datasets(config, data)
     sampler = EpochSampler(len(train_set), config.seed, dist_info.rank, dist_info.world_size)
     network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -387,7 +389,7 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
     global_batch = config.batch_size * dist_info.world_size * config.accumulate
     echo(f"training on {len(data.train)} samples, selecting on {len(data.val)} ({data.val_source}); "
          f"batch {config.batch_size} per process x {dist_info.world_size} process(es) x accumulate "
-         f"{config.accumulate} = global batch {global_batch}; device {device}")
+         f"{config.accumulate} = global batch {global_batch}; device {device}, scan backend {scan_backend}")
     if val_set is None:
         echo(f"warning: no samples to select the best checkpoint on ({len(data.train)} training samples; holding "
              "out needs val_fraction > 0 and at least 2 training cases): best.pt is the epoch with the lowest "
