@@ -49,6 +49,80 @@ def test_v2_logits_match_official_fixture(backend):
     torch.testing.assert_close(logits, ref["logits"], rtol=0, atol=1e-4)
 
 
+
+def official_multiclass_shapes(num_classes: int) -> dict:
+    """The official VMUNetV2(num_classes=K) state_dict, derived from the one-class table by reading the official
+    class: only ``seg_outs.i = Conv2d(mid_channel, num_classes, 1)`` depends on K; ``deconv6`` is
+    ConvTranspose2d(1, 1, 3) whatever K, and the encoder (VSSM, its head commented out) has no class-sized part."""
+    shapes = read_tsv("vmunet_v2_state_dict.tsv")
+    for i in range(4):
+        mid = shapes[f"seg_outs.{i}.weight"][1]
+        shapes[f"seg_outs.{i}.weight"] = (num_classes, mid, 1, 1)
+        shapes[f"seg_outs.{i}.bias"] = (num_classes,)
+    return shapes
+
+
+def test_official_multiclass_state_dict_keys_and_shapes_equal_ours_without_deep_supervision():
+    expected = official_multiclass_shapes(9)
+    assert expected["deconv6.weight"] == (1, 1, 3, 3) and expected["deconv6.bias"] == (1,)
+    model = create_model("vmunet-v2", num_classes=9, deep_supervision=False)
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert list(ours) == list(expected) and ours == expected
+    # The documented extension (deep supervision with several classes) differs in deconv6 only.
+    plain = create_model("vmunet-v2-tiny", num_classes=9, deep_supervision=False).state_dict()
+    grouped = create_model("vmunet-v2-tiny", num_classes=9, deep_supervision=True).state_dict()
+    assert list(grouped) == list(plain)
+    assert {k for k in plain if grouped[k].shape != plain[k].shape} == {"deconv6.weight", "deconv6.bias"}
+    assert grouped["deconv6.weight"].shape == (9, 1, 3, 3)
+
+
+def test_official_multiclass_checkpoint_loads_strictly_and_runs_on_grey_input():
+    """An official-layout 4-class checkpoint (deep supervision off, as the official code requires for several
+    classes): the one-class fixture's weights with 4-class heads. It loads with strict=True, takes a grey
+    (B, 1, H, W) input, and class c is the one-class network (without deep supervision) with class c's head."""
+    ref = load_fixture("v2_tiny_binary.pt")
+    generator = torch.Generator().manual_seed(0)
+    state = dict(ref["state_dict"])
+    for i in range(4):
+        mid = state[f"seg_outs.{i}.weight"].shape[1]
+        state[f"seg_outs.{i}.weight"] = torch.randn(4, mid, 1, 1, generator=generator)
+        state[f"seg_outs.{i}.bias"] = torch.randn(4, generator=generator)
+    config = {k: v for k, v in ref["model_config"].items() if k != "depths_decoder"}
+    multi = VMUNetV2(**{**config, "num_classes": 4, "deep_supervision": False}).eval()
+    multi.load_state_dict(state, strict=True)
+    grey = ref["input"][:, :1]
+    with torch.no_grad():
+        out = multi(grey)
+        assert out.shape == (2, 4, 64, 64)
+        one = VMUNetV2(**{**config, "deep_supervision": False}).eval()
+        for c in range(4):
+            one_state = dict(state)
+            for i in range(4):
+                for part in ("weight", "bias"):
+                    one_state[f"seg_outs.{i}.{part}"] = state[f"seg_outs.{i}.{part}"][c:c + 1]
+            one_state["deconv6.weight"], one_state["deconv6.bias"] = ref["state_dict"]["deconv6.weight"], \
+                ref["state_dict"]["deconv6.bias"]
+            one.load_state_dict(one_state, strict=True)
+            torch.testing.assert_close(out[:, c:c + 1], one(grey.repeat(1, 3, 1, 1)), rtol=0, atol=1e-5)
+    assert out.std(dim=(0, 2, 3)).min() > 0.1
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("input_channels", [1, 3])
+def test_v2_multiclass_grey_logits_match_official_fixture(backend, input_channels):
+    """v2_tiny_multiclass_grey.pt (official code: 4 classes, no deep supervision, depths [2, 1, 2, 2], d_state 8,
+    a grey input), loaded strictly. The official forward repeats any one-channel input, so a model built for 3
+    channels (what the official configs say for grey data) takes the grey input as well."""
+    ref = load_fixture("v2_tiny_multiclass_grey.pt")
+    config = {k: v for k, v in ref["model_config"].items() if k != "depths_decoder"}
+    assert config["input_channels"] == 1 and ref["input"].shape == (2, 1, 64, 64)
+    model = VMUNetV2(**{**config, "input_channels": input_channels, "scan_backend": backend}).eval()
+    model.load_state_dict(ref["state_dict"], strict=True)
+    with torch.no_grad():
+        logits = model(ref["input"])
+    assert logits.shape == ref["logits"].shape == (2, 4, 64, 64)
+    torch.testing.assert_close(logits, ref["logits"], rtol=0, atol=1e-4)
+
 def test_v2_tiny_preset_is_the_fixture_architecture():
     ref = load_fixture("v2_tiny_binary.pt")
     model = create_model("vmunet-v2-tiny")

@@ -50,7 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                  "device": args.device, "amp": True if args.amp else None, "seed": args.seed,
                  "num_workers": args.num_workers, "accumulate": args.accumulate,
                  "paper_selection": True if args.paper_selection else None,
-                 "detect_anomaly": True if args.detect_anomaly else None, "folds": args.folds, "fold": args.fold}
+                 "detect_anomaly": True if args.detect_anomaly else None, "folds": args.folds, "fold": args.fold,
+                 "scan_backend": args.scan_backend}
     overrides.update(loss_weights=args.loss_weights, deterministic=True if args.deterministic else None)
     config, given = resolve_config(args.preset, args.config, overrides, args.set)
     # --resume continues the run as saved: only what was typed is compared with it (see vmunet.train)
@@ -77,12 +78,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_scan_backend_argument(parser: argparse.ArgumentParser) -> None:
+def add_scan_backend_argument(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
     from vmunet.ops import BACKENDS
 
-    parser.add_argument("--scan-backend", default="auto", choices=["auto", *BACKENDS],
+    parser.add_argument("--scan-backend", default=default, choices=["auto", *BACKENDS],
                         help="selective-scan implementation (default auto: numba on CPUs when installed, "
-                             "mamba_ssm on CUDA when installed, else torch; triton: fused GPU kernels, opt-in)")
+                             "mamba_ssm on CUDA when its compiled kernel is installed, else torch; triton: fused GPU "
+                             "kernels, opt-in)")
 
 
 def add_train_parser(sub) -> None:
@@ -120,7 +122,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--fold", type=int, metavar="k",
                    help="with --folds: fold k (0..K-1) selects best.pt, the other folds train")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_scan_backend_argument(p)
+    # None when not typed: the flag is the config key scan_backend, like --epochs is epochs (config.resolve_config)
+    add_scan_backend_argument(p, default=None)
     p.set_defaults(func=cmd_train)
 
 
@@ -454,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         # "auto" in the models means this choice (export always records the plain-ops scan)
-        with use_backend(getattr(args, "scan_backend", "auto")):
+        with use_backend(getattr(args, "scan_backend", None) or "auto"):
             return args.func(args)
     except (ValueError, FileNotFoundError, ImportError, NonFiniteLossError, OSError, MemoryError) as error:
         if args.debug:

@@ -230,13 +230,28 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
         sources.append((read_yaml(read_text(path), str(path)), str(path)))
-    sources.append(({k: v for k, v in (overrides or {}).items() if v is not None}, "command line"))
-    sources.append((dict(parse_override(item) for item in sets or []), "--set"))
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    set_values = dict(parse_override(item) for item in sets or [])
+    check_flags_agree_with_sets(flags, set_values)
+    sources.append((flags, "command line"))
+    sources.append((set_values, "--set"))
     given = {}
     for values, source in sources:
         apply_values(config, values, source)
         given.update(dict.fromkeys(values, source.startswith("preset ")))
     return config.validate(), {key: (getattr(config, key), by_preset) for key, by_preset in given.items()}
+
+
+def check_flags_agree_with_sets(flags: dict, set_values: dict) -> None:
+    """A key given both by its flag (``--scan-backend numba``) and by ``--set key=value`` must say the same:
+    the two are one level of the precedence (preset < --config file < command line), so a conflict is an error,
+    never a silent winner."""
+    for key in sorted(set(flags) & set(set_values) & set(FIELDS)):
+        flag_value = coerce(key, flags[key], "command line")
+        set_value = coerce(key, set_values[key], "--set")
+        if flag_value != set_value:
+            flag = "--" + key.replace("_", "-")
+            raise ValueError(f"--set {key}={set_values[key]} conflicts with {flag} {flags[key]}; give {key} once")
 
 
 def read_text(path: str | Path) -> str:

@@ -56,6 +56,22 @@ def dice(pred, gt, zero_division: float = 1.0) -> float:
     return _ratio(2 * tp, 2 * tp + fp + fn, zero_division)
 
 
+def dice_from_counts(tp, fp, fn) -> np.ndarray:
+    """Per-class DSC ``2 tp / (2 tp + fp + fn)`` from counts (numbers or arrays); NaN for a class absent from both
+    the truth and the prediction (nothing to score: left out of every mean, as nnU-Net does), 0 for a class in
+    only one of them. The one rule of the multi-class scores: training's validation Dice (counts pooled over the
+    selection set) and ``multiclass_image_metrics`` (counts of one image, what evaluate and cv report)."""
+    tp, fp, fn = (np.asarray(v, dtype=np.float64) for v in (tp, fp, fn))
+    denominator = 2 * tp + fp + fn
+    return np.divide(2 * tp, denominator, out=np.full_like(denominator, np.nan), where=denominator > 0)
+
+
+def nanmean(values) -> float:
+    """The mean of the values that are not NaN; NaN when none is (summaries and the validation Dice)."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else math.nan
+
+
 def _ratio(num: int, den: int, zero_division: float) -> float:
     return num / den if den else float(zero_division)
 
@@ -354,15 +370,16 @@ def multiclass_image_metrics(pred_labels, gt_labels, num_classes: int, spacing=N
     dices, ious, hds, nsds = [], [], [], []
     for k in range(1, num_classes):
         pred, gt = pred_labels == k, gt_labels == k
-        has_pred, has_gt = bool(pred.any()), bool(gt.any())
+        tp, fp, fn, _ = confusion_counts(pred, gt)
+        d = float(dice_from_counts(tp, fp, fn))  # NaN when absent from both, 0 when in only one
+        has_pred, has_gt = fp + tp > 0, fn + tp > 0
         if has_pred and has_gt:
-            tp, fp, fn, _ = confusion_counts(pred, gt)
-            d, i, h = 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn), hd95(pred, gt, spacing)
+            i, h = tp / (tp + fp + fn), hd95(pred, gt, spacing)
             s = nsd(pred, gt, nsd_tolerance_mm, spacing)
         elif has_pred or has_gt:
-            d, i, h, s = 0.0, 0.0, math.nan, 0.0
+            i, h, s = 0.0, math.nan, 0.0
         else:
-            d, i, h, s = math.nan, math.nan, math.nan, math.nan
+            i, h, s = math.nan, math.nan, math.nan
         dices.append(float(d))
         ious.append(float(i))
         hds.append(float(h))
@@ -404,11 +421,6 @@ def _class_names(rows: Sequence[dict], class_names: Sequence[str]) -> list[str]:
     return names
 
 
-def _nanmean(values) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else math.nan
-
-
 def summarize_cases(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
     """Per-case means (over organs), per-organ means (over cases), and the overall means.
 
@@ -420,14 +432,14 @@ def summarize_cases(rows: Sequence[dict], class_names: Sequence[str]) -> dict:
     names = _class_names(rows, class_names)
     keys = _metric_keys(rows)
     tables = {key: np.array([r[key] for r in rows], dtype=np.float64) for key in keys}  # (cases, organs)
-    per_class = {name: {key: _nanmean(tables[key][:, j]) for key in keys} for j, name in enumerate(names)}
-    per_case = [{"case_id": r.get("case_id", str(i)), **{key: _nanmean(tables[key][i]) for key in keys}}
+    per_class = {name: {key: nanmean(tables[key][:, j]) for key in keys} for j, name in enumerate(names)}
+    per_case = [{"case_id": r.get("case_id", str(i)), **{key: nanmean(tables[key][i]) for key in keys}}
                 for i, r in enumerate(rows)]
     return {
         "class_names": names,
         "per_case": per_case,
         "per_class": per_class,
-        **{f"mean_{key}": _nanmean([v[key] for v in per_class.values()]) for key in keys},
+        **{f"mean_{key}": nanmean([v[key] for v in per_class.values()]) for key in keys},
     }
 
 

@@ -1,9 +1,9 @@
 """Training: ``train(config, run_dir)`` fits VM-UNet and writes a self-describing run folder.
 
-Runs are resumable: every epoch ends with an atomic ``last.pt`` (model, optimizer, scheduler, epoch,
-RNG states); each epoch reseeds every generator from (seed, epoch) and the data pipeline draws its
-augmentation from (seed, epoch, index), so a killed run resumed with ``resume=True`` finishes with the
-same weights and history as an uninterrupted one (on the CPU).
+Runs are resumable: every epoch ends with an atomic ``last.pt`` (model, optimizer, scheduler, epoch); each
+epoch reseeds every generator from (seed, epoch) and the data pipeline draws its augmentation from (seed, epoch,
+index), so a killed run resumed with ``resume=True`` finishes with the same weights and history as an
+uninterrupted one (on the CPU). No RNG state is saved: the epoch's reseeding would overwrite a restored one.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import vmunet
+from vmunet import metrics
 from vmunet.config import TrainConfig, config_from_dict
 from vmunet.data.transforms import recipe_interpolation
 from vmunet.ops import resolve_backend
@@ -111,10 +111,6 @@ def write_history(run_dir: Path, rows: list[dict]) -> None:
     write_text_atomic(run_dir / "history.csv", buffer.getvalue())
 
 
-def rng_states() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state()[1].tolist()}
-
-
 class SummaryWriterOrNone:
     """TensorBoard event files when tensorboard is installed; silently nothing is not an option: log it."""
 
@@ -167,7 +163,7 @@ def build_datasets(config: TrainConfig, data: TrainingData):
 # What a --resume may change: where the data is, how long the run goes, and how this machine runs it. Everything
 # else (batch size, image size, lr, augmentation, ...) would make the resumed run another run.
 RESUME_CHANGEABLE = ("epochs", "data", "device", "num_workers", "detect_anomaly", "dist_timeout_minutes",
-                     "deterministic")
+                     "deterministic", "scan_backend")
 PATH_KEYS = ("data", "pretrained")
 
 
@@ -351,7 +347,9 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
     if config.pretrained and not resume:
         echo(load_pretrained_vmamba(model, config.pretrained).summary())
     model.to(device)
-    if config.deterministic and device.type == "cuda" and resolve_backend(config.scan_backend, "cuda") == "mamba_ssm":
+    # What "auto" (or use_backend) means here; run.json records it, config.yaml keeps what was asked for.
+    scan_backend = resolve_backend(config.scan_backend, device.type)
+    if config.deterministic and device.type == "cuda" and scan_backend == "mamba_ssm":
         # Its backward kernel accumulates dA with atomic adds, which PyTorch's deterministic switch cannot see.
         echo("warning: --deterministic: the mamba_ssm scan's CUDA backward adds gradients atomically, so runs can "
              "still differ; --scan-backend torch repeats exactly (or fails on an op it cannot make deterministic)")
@@ -385,7 +383,7 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
                                         image_size=config.image_size, dataset=config.dataset,
                                         version=vmunet.__version__,
                                         interpolation=recipe_interpolation(config.augmentation),
-                                        label_colours=data.label_colours))
+                                        label_colours=data.label_colours, scan_backend=scan_backend))
     train_set, val_set = build_datasets(config, data)
     sampler = EpochSampler(len(train_set), config.seed, dist_info.rank, dist_info.world_size)
     network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -393,7 +391,7 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
     global_batch = config.batch_size * dist_info.world_size * config.accumulate
     echo(f"training on {len(data.train)} samples, selecting on {len(data.val)} ({data.val_source}); "
          f"batch {config.batch_size} per process x {dist_info.world_size} process(es) x accumulate "
-         f"{config.accumulate} = global batch {global_batch}; device {device}")
+         f"{config.accumulate} = global batch {global_batch}; device {device}, scan backend {scan_backend}")
     if val_set is None:
         echo(f"warning: no samples to select the best checkpoint on ({len(data.train)} training samples; holding "
              "out needs val_fraction > 0 and at least 2 training cases): best.pt is the epoch with the lowest "
@@ -412,21 +410,24 @@ def _fit(config, run_dir, resume, data, progress, echo, dist_info: DistInfo, dev
                 continue
             val_loss, val_dice = math.nan, math.nan
             last_epoch = epoch + 1 == config.epochs
-            if val_set is not None and ((epoch + 1) % config.val_interval == 0 or last_epoch):
+            validated = val_set is not None and ((epoch + 1) % config.val_interval == 0 or last_epoch)
+            if validated:
                 val_loss, val_dice = validate(model, val_set, loss_fn, config, device, data.num_classes, progress)
             row = {"epoch": epoch + 1, "train_loss": f"{train_loss:.6f}", "val_loss": f"{val_loss:.6f}",
                    "val_dice": f"{val_dice:.6f}", "lr": f"{lr:.8g}",
                    "seconds": f"{time.perf_counter() - started:.2f}"}
             history.append(row)
-            # Without a selection set (warned above) the lowest training loss chooses.
-            score = val_dice if val_set is not None else -train_loss
-            improved = score == score and score > best_score
+            # Without a selection set (warned above) the lowest training loss chooses. An undefined Dice (no
+            # class in the selection set, predicted or true) ranks below every defined one.
+            score = -train_loss if val_set is None else (
+                (-math.inf if math.isnan(val_dice) else val_dice) if validated else None)
+            improved = score is not None and (best_epoch is None or score > best_score)
             if improved:
                 best_score, best_epoch = score, epoch + 1
             payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                        "epoch": epoch + 1, "best_score": best_score, "best_epoch": best_epoch,
-                       "rng": rng_states(), "version": vmunet.__version__, "model_config": dict(model.config)}
+                       "version": vmunet.__version__, "model_config": dict(model.config)}
             save_checkpoint(checkpoint_dir(run_dir) / "last.pt", payload)
             if improved:
                 save_checkpoint(checkpoint_dir(run_dir) / "best.pt", payload)
@@ -450,6 +451,18 @@ def loader_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)
 
 
+def step_sizes(samples: int, batch_size: int, steps: int) -> list[int]:
+    """Samples in each of an epoch's first ``steps`` batches (the last batch of an epoch may be short)."""
+    return [min(batch_size, samples - i * batch_size) for i in range(steps)]
+
+
+def group_samples(sizes: list[int], step: int, accumulate: int) -> int:
+    """Samples in the accumulation group of ``step``: groups are steps [0, N), [N, 2N), ..., the last one cut
+    short by the end of the epoch (or ``max_steps_per_epoch``)."""
+    start = step - step % accumulate
+    return sum(sizes[start:start + accumulate])
+
+
 def train_one_epoch(network, dataset, sampler: EpochSampler, loss_fn, optimizer, scaler, config: TrainConfig,
                     device, epoch: int, progress: bool, dist_info: DistInfo) -> float:
     """One pass over the epoch's samples; returns the mean training loss over all ranks."""
@@ -459,6 +472,7 @@ def train_one_epoch(network, dataset, sampler: EpochSampler, loss_fn, optimizer,
     loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
                         pin_memory=device.type == "cuda", generator=loader_generator(config.seed, epoch))
     steps = len(loader) if config.max_steps_per_epoch is None else min(len(loader), config.max_steps_per_epoch)
+    sizes = step_sizes(len(sampler), config.batch_size, steps)
     network.train()
     optimizer.zero_grad(set_to_none=True)
     total, count = 0.0, 0
@@ -477,7 +491,9 @@ def train_one_epoch(network, dataset, sampler: EpochSampler, loss_fn, optimizer,
             # Gradients are only all-reduced on the micro-step that updates.
             sync = network.no_sync() if dist_info.enabled and not update else contextlib.nullcontext()
             with sync:
-                backward_loss = loss / config.accumulate
+                # Each micro-batch's mean loss weighted by its share of the group's samples: the group's update
+                # is that of one batch of all its samples, also for a short last group or a short last batch.
+                backward_loss = loss * (images.shape[0] / group_samples(sizes, step, config.accumulate))
                 (scaler.scale(backward_loss) if scaler else backward_loss).backward()
             if update:
                 if scaler:
@@ -495,7 +511,9 @@ def train_one_epoch(network, dataset, sampler: EpochSampler, loss_fn, optimizer,
 
 @torch.no_grad()
 def validate(model, dataset, loss_fn, config: TrainConfig, device, num_classes: int, progress: bool):
-    """Mean loss and mean foreground Dice pooled over the selection set, at the network size."""
+    """Mean loss and mean foreground Dice pooled over the selection set, at the network size: per class from
+    the pixels counted over all images, by evaluate's rule (``metrics.dice_from_counts``: a class absent from both
+    the truth and the prediction is left out; NaN when every class is)."""
     model.eval()
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.num_workers,
                         generator=loader_generator(config.seed, -1))
@@ -513,5 +531,5 @@ def validate(model, dataset, loss_fn, config: TrainConfig, device, num_classes: 
         tp += torch.bincount(labels[pred == labels], minlength=classes)[:classes].double()
         fp += torch.bincount(pred[pred != labels], minlength=classes)[:classes].double()
         fn += torch.bincount(labels[pred != labels], minlength=classes)[:classes].double()
-    dice = 2 * tp[1:] / (2 * tp[1:] + fp[1:] + fn[1:]).clamp(min=1)
-    return total / max(count, 1), dice.mean().item()
+    dice = metrics.dice_from_counts(tp[1:].numpy(), fp[1:].numpy(), fn[1:].numpy())  # (classes - 1,)
+    return total / max(count, 1), metrics.nanmean(dice)

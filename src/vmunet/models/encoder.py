@@ -132,7 +132,10 @@ class SegmentationNet(nn.Module):
         name = type(self).__name__
         if x.dim() != 4:
             raise ValueError(f"{name} expects a (batch, channels, height, width) tensor; got shape {tuple(x.shape)}")
-        if x.shape[1] != self.input_channels:
+        # A grey (B, 1, H, W) image also goes to a 3-channel model, as in the official forwards, which repeat any
+        # one-channel input to RGB (official configs say input_channels=3 for grey data).
+        grey_to_rgb = x.shape[1] == 1 and self.input_channels == 3
+        if x.shape[1] != self.input_channels and not grey_to_rgb:
             raise ValueError(f"{name} was built for {self.input_channels} input channel(s) but got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)}); convert the images or set input_channels")
         for side, size in (("height", x.shape[2]), ("width", x.shape[3])):

@@ -120,9 +120,13 @@ class VMUNetV2(SegmentationNet):
     (``unused_parameter_names()``), so optimizers leave them alone and DistributedDataParallel does not wait for
     their gradients.
 
-    Deep supervision with ``num_classes > 1`` (an extension; the official ``deconv6`` is ConvTranspose2d(1, 1, 3),
-    one class only): ``deconv6`` upsamples each class map with its own 3x3 kernel (groups = num_classes, weight
-    (K, 1, 3, 3), bias (K,)). For one class it is the official layer.
+    ``deconv6`` is the official ConvTranspose2d(1, 1, 3) (weight (1, 1, 3, 3), bias (1,)) for one class and
+    whenever ``deep_supervision`` is off, whatever ``num_classes``: every official checkpoint loads strictly,
+    including the multi-class ones (the official code requires deep supervision off for more than one class).
+    Deep supervision with ``num_classes > 1`` is an extension that the official forward cannot run: ``deconv6``
+    upsamples each class map with its own 3x3 kernel (groups = num_classes, weight (K, 1, 3, 3), bias (K,)). A
+    model built that way cannot load an official multi-class checkpoint (its deconv6 is (1, 1, 3, 3)); build it
+    with ``deep_supervision=False`` to load one.
 
     ``load_pretrained_vmamba(model, path)`` applies the official V2 rule: VMamba encoder keys by name into
     ``vmunet.*``, nothing else (VM-UNet's copy of encoder stage i into decoder stage 3 - i finds no VSS decoder).
@@ -158,8 +162,11 @@ class VMUNetV2(SegmentationNet):
             setattr(self, f"sdi_{i}", SDI(mid_channel))
         self.seg_outs = nn.ModuleList(nn.Conv2d(mid_channel, num_classes, kernel_size=1) for _ in range(LEVELS))
         self.deconv2, self.deconv3, self.deconv4, self.deconv5 = (deconv(mid_channel) for _ in range(4))
-        self.deconv6 = nn.ConvTranspose2d(num_classes, num_classes, kernel_size=3, stride=2, padding=1,
-                                          output_padding=1, groups=num_classes)
+        # The official deconv6 is (1, 1, 3) whatever num_classes: kept so that every official checkpoint loads.
+        # Only deep supervision with several classes (which the official code cannot run) needs the grouped one.
+        deconv6_channels = num_classes if self.deep_supervision else 1
+        self.deconv6 = nn.ConvTranspose2d(deconv6_channels, deconv6_channels, kernel_size=3, stride=2, padding=1,
+                                          output_padding=1, groups=deconv6_channels)
         in_chans = 3 if input_channels == 1 else input_channels  # a grey image is repeated to RGB (``to_rgb``)
         self.vmunet = VSSEncoder(in_chans, depths, dims, d_state, drop_path_rate, check_backend_name(scan_backend))
         unused = self.unused_parameter_names()

@@ -8,9 +8,9 @@ kernels compiled at run time, float32; the ``fast`` extra), "mamba_ssm" (optiona
 GPU kernels with nothing to build; opt-in, see _auto_choice). "auto" takes the
 backend set by ``use_backend`` if one is active, else the fastest one installed for the tensors at hand:
 "numba" for CPU tensors (5-8x "torch" in benchmarks/scan.py; float64 stays on "torch", which computes in
-float64), "mamba_ssm" for CUDA tensors, else "torch". It logs its choice once per device, with a hint when the
-faster backend is missing. An explicitly requested backend that is not installed raises ImportError saying how
-to install it.
+float64), "mamba_ssm" for CUDA tensors when its compiled kernel is there (not only the package), else "torch". It
+logs its choice once per device, with the reason and a hint when the faster backend is missing. An explicitly
+requested backend that is not installed raises ImportError saying how to install it.
 """
 
 from __future__ import annotations
@@ -81,10 +81,13 @@ def _auto_choice(device_type: str, dtype: torch.dtype) -> tuple[str, str]:
         if scan_numba.is_available():
             return "numba", ""
         return "torch", f" (numba is not installed; {scan_numba.INSTALL_HINT} for the ~5x faster 'numba' backend)"
-    if device_type == "cuda" and scan_mamba_ssm.is_available():
-        return "mamba_ssm", ""
-    # "triton" stays opt-in until a benchmark on a real GPU (benchmarks/gpu_check.sh, its table in
-    # benchmarks/RESULTS.md) shows it faster than "torch" there; then it goes here, after mamba_ssm (issue 16).
+    if device_type == "cuda":
+        if scan_mamba_ssm.is_available():
+            return "mamba_ssm", ""
+        # "triton" stays opt-in until a benchmark on a real GPU (benchmarks/gpu_check.sh, its table in
+        # benchmarks/RESULTS.md) shows it faster than "torch" there; then it goes here, after mamba_ssm (issue 16).
+        return "torch", (f" (not 'mamba_ssm': {scan_mamba_ssm.unavailable_reason()}; "
+                         f"{scan_mamba_ssm.KERNEL_BUILD} gives the faster kernel)")
     return "torch", ""
 
 

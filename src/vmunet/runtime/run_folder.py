@@ -40,6 +40,9 @@ class RunInfo:
     version: str
     interpolation: str = "bilinear"  # how training resized images; evaluate and predict resize the same way
     label_colours: list[list[int]] | None = None  # RGB per class of a colour-mask dataset (predict's PNGs, overlays)
+    # The selective-scan backend training ran on ("auto" resolved on its device), as of its last (re)start.
+    # A record only: evaluate and predict choose their own (--scan-backend).
+    scan_backend: str | None = None
 
     @property
     def num_classes(self) -> int:
