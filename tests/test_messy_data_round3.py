@@ -272,3 +272,118 @@ def test_postprocessing_chosen_for_other_class_names_or_for_volumes_is_refused(t
     (tmp_path / "ok.json").write_text(json.dumps({**KEEP_LARGEST, "class_names": ["background", "lesion"],
                                                   "volumetric": False}))
     assert main([str(a) for a in [*args, "--out", tmp_path / "ok", "--postprocessing", tmp_path / "ok.json"]]) == 0
+
+
+# ---------------------------------------------------------------- 5. DICOM series geometry (pydicom's real files)
+
+
+def ct_series(folder: Path, positions: list[float], size=None) -> Path:
+    """A series of pydicom's CT_small.dcm slices (a real scanner file, 128 x 128) at ``positions`` mm along the
+    slice normal (z), one SOP instance each; ``size`` {index: (rows, columns)} crops those slices."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, z in enumerate(positions):
+        ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+        x, y, _ = ds.ImagePositionPatient
+        ds.ImagePositionPatient = [x, y, z]
+        ds.InstanceNumber = i + 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        if size and i in size:
+            rows, columns = size[i]
+            ds.PixelData = ds.pixel_array[:rows, :columns].copy().tobytes()
+            ds.Rows, ds.Columns = rows, columns
+        ds.save_as(folder / f"IM{len(positions) - i:04d}")  # names not in slice order, no ending (as scanners do)
+    return folder
+
+
+def read_series(folder: Path):
+    from vmunet.data.dicom import find_series, read_dicom_series
+
+    (series,) = find_series(folder)
+    return read_dicom_series(series)
+
+
+def test_an_evenly_spaced_ct_series_reads_with_its_spacing(tmp_path):
+    pytest.importorskip("SimpleITK")
+    volume, image = read_series(ct_series(tmp_path / "CT", [-10.0, -7.5, -5.0, -2.5]))
+    assert volume.shape == (4, 128, 128) and image.GetSpacing()[2] == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("case, positions, message", [
+    ("missing", [0.0, 2.0, 4.0, 8.0, 10.0], r"DICOM slices are not evenly spaced: 4 mm between IM0003 \(4 mm\) and "
+                                            r"IM0002 \(8 mm\), 2 mm elsewhere \(a missing slice\?\)"),
+    ("duplicate", [0.0, 2.0, 2.0, 4.0], r"two DICOM slices at the same position 2 mm along the slice normal: "
+                                        r"IM0003 and IM0002 \(a duplicated slice\?\)"),
+    ("uneven", [0.0, 1.0, 3.0, 4.0, 5.0], r"DICOM slices are not evenly spaced: 2 mm between IM0004"),
+])
+def test_a_series_with_a_gap_a_duplicate_or_uneven_spacing_is_refused_naming_folder_and_position(tmp_path, case,
+                                                                                                  positions, message):
+    pytest.importorskip("SimpleITK")
+    folder = ct_series(tmp_path / case, positions)
+    with pytest.raises(ValueError, match=rf"^{folder}: {message}"):
+        read_series(folder)
+
+
+def test_a_truncated_slice_is_named_instead_of_being_left_out(tmp_path):
+    pytest.importorskip("SimpleITK")
+    folder = ct_series(tmp_path / "CT", [0.0, 2.0, 4.0, 6.0])
+    data = (folder / "IM0002").read_bytes()
+    (folder / "IM0002").write_bytes(data[: len(data) // 2])  # a copy that stopped half-way
+    with pytest.raises(ValueError, match=rf"^{folder / 'IM0002'}: DICOM file that cannot be read \(truncated or "
+                                         r"damaged\?\); its series in .* would be read without it"):
+        read_series(folder)
+
+
+def test_files_of_another_kind_beside_a_series_are_still_left_alone(tmp_path):
+    pytest.importorskip("SimpleITK")
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    folder = ct_series(tmp_path / "CT", [0.0, 2.0, 4.0])
+    shutil.copy(get_testdata_file("test-SR.dcm"), folder / "report.dcm")  # a structured report: no image
+    assert read_series(folder)[0].shape == (3, 128, 128)
+
+
+def test_a_slice_that_cannot_be_decoded_is_named(tmp_path):
+    """pydicom's JPEG-lossy.dcm (12-bit lossy JPEG): GDCM lacks the codec, says so on stderr only, and returns
+    noise; two copies form a series of their own."""
+    pytest.importorskip("SimpleITK")
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    folder = tmp_path / "lossy"
+    folder.mkdir()
+    for i in range(2):
+        ds = pydicom.dcmread(get_testdata_file("JPEG-lossy.dcm"))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        ds.InstanceNumber = i + 1
+        ds.save_as(folder / f"s{i}.dcm")
+    with pytest.raises(ValueError, match=rf"^{folder / 's0.dcm'}: the DICOM image data cannot be decoded "
+                                         r"\(Unsupported JPEG data precision 12\)"):
+        read_series(folder)
+
+
+def test_slices_of_different_sizes_are_named_with_their_sizes(tmp_path):
+    pytest.importorskip("SimpleITK")
+    folder = ct_series(tmp_path / "CT", [0.0, 2.0, 4.0], size={1: (40, 30)})
+    with pytest.raises(ValueError, match=rf"^{folder}: DICOM slices differ in size: IM0003 is 128 x 128, IM0002 is "
+                                         r"30 x 40 \(columns x rows\)"):
+        read_series(folder)
+
+
+def test_predict_skips_a_series_with_a_missing_slice_naming_it_and_predicts_the_rest(tmp_path, monkeypatch):
+    pytest.importorskip("SimpleITK")
+    from test_dicom_and_image_policy import known_run
+    from vmunet.predict import predict_paths
+
+    run = known_run(tmp_path, monkeypatch)
+    good = ct_series(tmp_path / "good", [0.0, 5.0, 10.0])
+    gap = ct_series(tmp_path / "gap", [0.0, 5.0, 15.0, 20.0])
+    lines = []
+    summary = predict_paths(run, [good, gap], tmp_path / "out", device="cpu", report=lines.append)
+    assert summary.exit_code == 1 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
+    assert lines == [f"skipped {gap}: DICOM slices are not evenly spaced: 10 mm between IM0003 (5 mm) and IM0002 "
+                     "(15 mm), 5 mm elsewhere (a missing slice?)"]

@@ -6,20 +6,36 @@
 GDCM orders the slices along the slice normal (Image Position Patient), SimpleITK gives the volume the series'
 size, spacing, origin and direction, and the axis order is that of every other volume (``vmunet.data.readers``),
 so labels written through ``readers.sitk_labels`` land on the series' grid. Folders are not searched
-recursively; files of a folder that belong to no series (a DICOMDIR, a report) are left alone.
+recursively; files of a folder that belong to no series and are not images of a series' kind (a DICOMDIR, a
+report, a SEG) are left alone.
+
+The grid is checked before a volume is returned, since ITK would stack any slices on a uniform grid (a missing
+slice stretches the spacing, a duplicate squeezes it, and labels land at wrong positions): slices of one size and
+orientation, positions along the slice normal distinct and evenly spaced, every slice decoded (GDCM reports a
+codec it lacks, such as 12-bit lossy JPEG, only on stderr and returns noise), no slice of the series' kind left
+out because it cannot be read (a truncated file). Each problem is one error naming the folder and the position
+or file.
 """
 
 from __future__ import annotations
 
+import os
+import struct
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vmunet.data.checks import check_finite
 from vmunet.data.readers import input_kind, list_folder, simpleitk, sitk_to_dhw
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 PREAMBLE = 128  # a DICOM Part 10 file: a 128-byte preamble, then "DICM"
+POSITION, ORIENTATION = "0020|0032", "0020|0037"  # Image Position / Orientation (Patient)
+SPACING_TOLERANCE = 0.01  # relative: scanners write positions with float noise; a missing slice is a 100 % gap
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,8 @@ def _quietly(call):
 
 def find_series(folder: Path) -> list[DicomSeries]:
     """The DICOM series of ``folder``, sorted by UID: [] when it holds no DICOM-looking files; a ValueError naming
-    the folder when it holds some but SimpleITK reads no series from them. One series is named after the
+    the folder when it holds some but SimpleITK reads no series from them, or naming a file of a series' kind
+    that no series holds (unreadable: its series would be read without it). One series is named after the
     folder; several are named ``<folder>_<SeriesInstanceUID>`` (a UID names the series unambiguously)."""
     folder = Path(folder)
     candidates = dicom_files(folder)
@@ -81,17 +98,175 @@ def find_series(folder: Path) -> list[DicomSeries]:
     for uid in uids:
         files = tuple(Path(name) for name in _quietly(lambda uid=uid: reader.GetGDCMSeriesFileNames(str(folder), uid)))
         series.append(DicomSeries(folder, uid, files, folder.name if len(uids) == 1 else f"{folder.name}_{uid}"))
+    _check_left_out(folder, candidates, series)
     return series
 
 
-def read_dicom_series(series: DicomSeries):
-    """(volume (D, H, W) = (z, x, y) float32, the SimpleITK image for its geometry) of one series."""
+def _check_left_out(folder: Path, candidates: list[Path], series: list[DicomSeries]) -> None:
+    """A file that claims to be DICOM (the "DICM" marker) and stores the same kind of image as a series
+    (its SOP class), yet belongs to no series, is a slice GDCM could not read: an error naming it."""
+    kinds = {sop_class(one.files[0]) for one in series} - {None}
+    held = {path.resolve() for one in series for path in one.files}
+    for path in candidates:
+        if path.resolve() in held or not _has_marker(path):
+            continue
+        kind = sop_class(path)
+        if kind is None or kind in kinds:
+            raise ValueError(f"{path}: DICOM file that cannot be read (truncated or damaged?); its series in {folder} "
+                             "would be read without it: replace or remove the file")
+
+
+def _has_marker(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(PREAMBLE)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def sop_class(path: Path) -> str | None:
+    """The Media Storage SOP Class UID (0002,0002) of a DICOM Part 10 file's meta header (always explicit VR
+    little endian): what kind of object it stores (a CT image, a DICOMDIR, a report); None when unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(PREAMBLE)
+            if handle.read(4) != b"DICM":
+                return None
+            while True:
+                head = handle.read(6)
+                if len(head) < 6:
+                    return None
+                group, element = struct.unpack("<HH", head[:4])
+                if group != 2:
+                    return None
+                if head[4:6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+                    raw = handle.read(6)
+                    length = struct.unpack("<I", raw[2:])[0] if len(raw) == 6 else -1
+                else:
+                    raw = handle.read(2)
+                    length = struct.unpack("<H", raw)[0] if len(raw) == 2 else -1
+                if length < 0:
+                    return None
+                value = handle.read(length)
+                if element == 2:
+                    return value.rstrip(b"\x00 ").decode("ascii", errors="replace") if len(value) == length else None
+    except OSError:
+        return None
+
+
+@contextmanager
+def _native_stderr():
+    """Collect what native code writes to file descriptor 2 meanwhile (GDCM's codecs report a failed decode
+    there, and nowhere else); the lines are in the yielded list when the block ends."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+
+
+def _undecodable(files: tuple[Path, ...]) -> tuple[Path, str] | None:
+    """The first file whose pixel data GDCM cannot decode, with the codec's message; None if all decode."""
     sitk = simpleitk()
+    for path in files:
+        with _native_stderr() as messages:
+            try:
+                _quietly(lambda path=path: sitk.ReadImage(str(path)))
+            except RuntimeError as exc:
+                messages.append(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+        if messages:
+            return path, messages[0]
+    return None
+
+
+def _slice_headers(series: DicomSeries) -> list[tuple[Path, tuple, str, str]]:
+    """(file, size, position, orientation) of every slice, from the headers; an unreadable header names its
+    file."""
+    sitk = simpleitk()
+    headers = []
+    for path in series.files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            _quietly(reader.ReadImageInformation)
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{path}: cannot read this DICOM slice's header ({reason})") from None
+        tags = set(reader.GetMetaDataKeys())
+        headers.append((path, tuple(reader.GetSize()),
+                        reader.GetMetaData(POSITION) if POSITION in tags else "",
+                        reader.GetMetaData(ORIENTATION) if ORIENTATION in tags else ""))
+    return headers
+
+
+def _numbers(text: str, count: int) -> np.ndarray | None:
+    try:
+        values = np.array([float(v) for v in text.split("\\")], np.float64)
+    except ValueError:
+        return None
+    return values if values.shape == (count,) else None
+
+
+def check_slices(series: DicomSeries) -> None:
+    """The series' slices lie on one grid: one size, one orientation, distinct positions along the slice normal
+    at even spacing. A ValueError names the folder and the offending slices (files and positions in mm)."""
+    headers = _slice_headers(series)
+    first = headers[0]
+    for path, size, _, _ in headers[1:]:
+        if size[:2] != first[1][:2]:
+            raise ValueError(f"{series.folder}: DICOM slices differ in size: {first[0].name} is {first[1][0]} x "
+                             f"{first[1][1]}, {path.name} is {size[0]} x {size[1]} (columns x rows)")
+    if len(headers) < 2:
+        return
+    orientations = [_numbers(h[3], 6) for h in headers]
+    positions = [_numbers(h[2], 3) for h in headers]
+    if any(o is None for o in orientations) or any(p is None for p in positions):
+        return  # no geometry in the headers (e.g. secondary capture): ITK stacks them as given
+    for (path, _, _, text), orientation in zip(headers[1:], orientations[1:]):
+        if not np.allclose(orientation, orientations[0], atol=1e-4):
+            raise ValueError(f"{series.folder}: DICOM slices are not parallel: {path.name} has orientation {text}, "
+                             f"{first[0].name} {first[3]}")
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    along = np.array([float(p @ normal) for p in positions])  # (slices,) mm along the normal
+    order = np.argsort(along, kind="stable")
+    along, names = along[order], [headers[i][0].name for i in order]
+    gaps = np.diff(along)  # (slices - 1,)
+    step = float(np.median(gaps))
+    for i, gap in enumerate(gaps):
+        if abs(gap) <= 1e-3 * max(abs(step), 1e-3):
+            raise ValueError(f"{series.folder}: two DICOM slices at the same position {along[i]:.6g} mm along the "
+                             f"slice normal: {names[i]} and {names[i + 1]} (a duplicated slice?)")
+    for i, gap in enumerate(gaps):
+        if abs(gap - step) > SPACING_TOLERANCE * step:
+            raise ValueError(f"{series.folder}: DICOM slices are not evenly spaced: {gap:.6g} mm between {names[i]} "
+                             f"({along[i]:.6g} mm) and {names[i + 1]} ({along[i + 1]:.6g} mm), {step:.6g} mm "
+                             "elsewhere (a missing slice?)")
+
+
+def read_dicom_series(series: DicomSeries):
+    """(volume (D, H, W) = (z, x, y) float32, the SimpleITK image for its geometry) of one series, after
+    ``check_slices``; a slice GDCM cannot decode, or a NaN, is an error naming the file."""
+    sitk = simpleitk()
+    check_slices(series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(path) for path in series.files])
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{series.folder}: cannot read DICOM series {series.uid}: {reason}") from None
-    return sitk_to_dhw(image, series.folder).astype(np.float32), image
+    with _native_stderr() as messages:
+        try:
+            image = _quietly(reader.Execute)
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{series.folder}: cannot read DICOM series {series.uid}: {reason}") from None
+    if messages:  # a codec complained: find the slice, so that the error can name it
+        path, reason = _undecodable(series.files) or (series.folder, messages[0])
+        raise ValueError(f"{path}: the DICOM image data cannot be decoded ({reason})")
+    volume = sitk_to_dhw(image, series.folder).astype(np.float32)
+    check_finite(volume, series.folder)
+    return volume, image
