@@ -387,3 +387,33 @@ def test_predict_skips_a_series_with_a_missing_slice_naming_it_and_predicts_the_
     assert summary.exit_code == 1 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.nii.gz"]
     assert lines == [f"skipped {gap}: DICOM slices are not evenly spaced: 10 mm between IM0003 (5 mm) and IM0002 "
                      "(15 mm), 5 mm elsewhere (a missing slice?)"]
+
+
+# ---------------------------------------------------------------- 9. nnU-Net's ignore label: refused by name
+
+
+@pytest.mark.parametrize("labels", [{"background": 0, "liver": 1, "tumour": 2, "ignore": 3},
+                                    {"0": "background", "1": "liver", "2": "tumour", "3": "ignore"}])
+def test_nnunet_ignore_label_is_refused_before_training_starts(tmp_path, capsys, labels):
+    from builders import make_nnunet
+    from vmunet.cli import main
+
+    root = make_nnunet(tmp_path / "d", train_cases=2, test_cases=0)
+    info = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**info, "labels": labels}))
+    with pytest.raises(ValueError, match=r"dataset\.json: label 'ignore' \(id 3\) is nnU-Net's ignore label \(pixels "
+                                         r"left out of the loss and the metrics\), which vmunet does not support"):
+        NiftiVolumes(root)
+    code = main(["train", "--preset", "nnunet", "--model", "vmunet-tiny", "--image-size", "32", "--no-progress",
+                 "--data", str(root), "--epochs", "1", "--run-dir", str(tmp_path / "run")])
+    assert code == 2 and "dataset.json: label 'ignore' (id 3) is nnU-Net's ignore label" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_a_folders_labels_json_with_an_ignore_class_is_refused_the_same_way(tmp_path):
+    from vmunet.data.folders import read_class_map
+
+    for labels in ({"background": 0, "ignore": 1}, {"background": [0, 0, 0], "ignore": [9, 9, 9]}):
+        (tmp_path / "labels.json").write_text(json.dumps(labels))
+        with pytest.raises(ValueError, match=r"labels\.json: label 'ignore' \(id 1\) is nnU-Net's ignore label"):
+            read_class_map(tmp_path)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from vmunet.config import read_json
+from vmunet.data.checks import refuse_ignore_label
 from vmunet.data.isic import PairedImages, split_pairs
 
 INDEX_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "P", "1")
@@ -54,11 +55,13 @@ def read_class_map(root: str | Path) -> ClassMap | None:
         by_id = {v: k for k, v in labels.items()}
         if len(by_id) != len(labels):
             raise ValueError(f"{path}: two classes share an id")
+        refuse_ignore_label(by_id, path)
         if sorted(by_id) != list(range(len(by_id))):
             raise ValueError(f"{path}: class ids {sorted(by_id)} are not 0..{len(by_id) - 1}")
         return ClassMap([by_id[i] for i in range(len(by_id))])
     if all(isinstance(v, list) and len(v) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in v)
            for v in values):
+        refuse_ignore_label(dict(enumerate(labels)), path)
         colours = np.array(values, dtype=np.uint8)
         if len({tuple(c) for c in colours.tolist()}) != len(colours):
             raise ValueError(f"{path}: two classes share a colour")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet.config import read_json
-from vmunet.data.checks import check_finite, check_labels, check_same_affine, check_same_shape
+from vmunet.data.checks import check_finite, check_labels, check_same_affine, check_same_shape, refuse_ignore_label
 from vmunet.data.readers import SITK_SUFFIXES, list_folder
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii(\.gz)?)$")  # nnU-Net: CASE_XXXX.nii.gz
@@ -88,6 +88,7 @@ def read_label_names(root: str | Path) -> list[str]:
             raise ValueError(f"{path}: two labels share a class id")
     else:
         raise ValueError(f"{path}: 'labels' must map names to integer ids (region-based labels are not supported)")
+    refuse_ignore_label(by_id, path)
     if sorted(by_id) != list(range(len(by_id))):
         raise ValueError(f"{path}: class ids {sorted(by_id)} are not 0..{len(by_id) - 1}")
     return [by_id[i] for i in range(len(by_id))]
