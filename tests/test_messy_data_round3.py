@@ -149,6 +149,15 @@ def test_multi_page_tiff_images_and_animated_gif_masks_are_refused(tmp_path, lay
         dataset[dataset.case_ids.index("c1")]
 
 
+def test_a_camera_mpo_jpeg_reads_as_its_photo(tmp_path):
+    """An MPO JPEG (what many cameras write) holds previews after the photo: not a multi-frame image to refuse."""
+    photo = np.full((8, 10, 3), 40, np.uint8)
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", format="MPO", save_all=True,
+                                append_images=[Image.fromarray(np.full((4, 5, 3), 200, np.uint8))])
+    assert Image.open(tmp_path / "photo.jpg").n_frames == 2
+    assert read_image_file(tmp_path / "photo.jpg").shape == (8, 10, 3)
+
+
 # ---------------------------------------------------------------- 12. polyp masks that are all background
 
 
@@ -160,6 +169,22 @@ def test_polyp_training_masks_saved_as_0_128_are_refused_as_all_background(tmp_p
         PolypFolder.train(root)
     Image.fromarray(np.full((32, 40), 255, np.uint8)).save(root / "TrainDataset" / "masks" / "c2.png")
     assert len(PolypFolder.train(root)) == 3  # one mask with a polyp is enough
+
+
+@pytest.mark.parametrize("dataset", ["isic", "folders"])
+def test_other_layouts_refuse_a_training_split_of_all_background_masks_too(tmp_path, dataset):
+    from vmunet.config import TrainConfig
+    from vmunet.data.splits import prepare_training_data
+
+    root = pairs(tmp_path / "d" / "train", count=3, mask=lambda i: np.zeros((32, 40), np.uint8)).parent
+    if dataset == "folders":  # with labels.json the class count reads no mask
+        (root / "labels.json").write_text(json.dumps({"background": 0, "tumour": 1}))
+    with pytest.raises(ValueError, match=r"train/masks: every training mask is all background \(0\); nothing to "
+                                         r"learn$"):
+        prepare_training_data(TrainConfig(dataset=dataset, data=str(root)))
+    Image.fromarray(np.full((32, 40), 255 if dataset == "isic" else 1, np.uint8)).save(root / "train" / "masks" /
+                                                                                      "c1.png")
+    assert len(prepare_training_data(TrainConfig(dataset=dataset, data=str(root))).train) > 0
 
 
 # ---------------------------------------------------------------- 17. messages with the real cause

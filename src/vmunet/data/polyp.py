@@ -74,19 +74,11 @@ class PolypFolder(PairedImages):
         folder.check_some_foreground()
         return folder
 
-    def check_some_foreground(self) -> None:
-        """A training set whose every mask is all background (e.g. masks saved as 0/128: 128 is not > 128) is
-        an error naming the folder and the grey values found, as in the folders layout."""
-        values: set[int] = set()
-        for _, _, mask_path in self.items:
-            grey = read_image(mask_path, "L")  # (H, W)
-            if binarise(grey, mask_path).any():
-                return  # the usual case: the first mask already has a polyp
-            values.update(np.unique(grey).tolist())
-        shown = sorted(values)
-        raise ValueError(f"{self.items[0][2].parent}: every training mask is all background (0); nothing to learn "
-                         f"(grey values found: {shown[:10]}{' ...' if len(shown) > 10 else ''}; the polyp is > "
-                         f"{MASK_THRESHOLD}: save masks as 0/255 or 0/1)")
+    def background_hint(self) -> str:
+        """The grey values of the masks: 0/128 masks are all background (128 is not > 128)."""
+        values = sorted(set().union(*(np.unique(read_image(path, "L")).tolist() for _, _, path in self.items)))
+        return (f" (grey values found: {values[:10]}{' ...' if len(values) > 10 else ''}; the polyp is > "
+                f"{MASK_THRESHOLD}: save masks as 0/255 or 0/1)")
 
     def read_mask(self, path: Path) -> np.ndarray:
         return read_polyp_mask(path)

@@ -261,7 +261,8 @@ def read_image(path: Path, mode: str | None = None, keep_modes: tuple[str, ...] 
     """
     try:
         with Image.open(path) as img:
-            frames = getattr(img, "n_frames", 1)
+            # a camera's MPO JPEG holds previews after its picture: the first frame is the photo itself
+            frames = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
             if frames == 1:
                 img.load()
                 if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing to do
