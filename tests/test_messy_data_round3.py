@@ -60,6 +60,21 @@ def test_a_float_image_with_a_nan_or_inf_pixel_is_refused_naming_the_file(tmp_pa
         dataset[dataset.case_ids.index("c0")]  # what training reads
 
 
+def test_predict_skips_a_nan_tiff_naming_it_and_writes_the_others(tmp_path, monkeypatch, capsys):
+    from test_cv import threshold_run
+    from vmunet.cli import main
+
+    run = threshold_run(tmp_path, monkeypatch)
+    grey = np.zeros((64, 64), np.float32)
+    grey[3, 4] = np.nan
+    Image.fromarray(grey, mode="F").save(tmp_path / "bad.tif")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "good.png")
+    code = main(["predict", "--run-dir", str(run), str(tmp_path / "bad.tif"), str(tmp_path / "good.png"), "--out",
+                 str(tmp_path / "out"), "--save-probabilities"])
+    assert code != 0 and f"{tmp_path / 'bad.tif'}: image has NaN or infinite values" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.npz", "good.png"]
+
+
 def test_volumes_of_other_kinds_with_a_nan_are_refused_naming_the_file(tmp_path):
     import h5py
     import SimpleITK as sitk
