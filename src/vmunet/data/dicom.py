@@ -187,9 +187,12 @@ def _undecodable(files: tuple[Path, ...]) -> tuple[Path, str] | None:
     return None
 
 
-def _slice_headers(series: DicomSeries) -> list[tuple[Path, tuple, str, str]]:
-    """(file, size, position, orientation) of every slice, from the headers; an unreadable header names its
-    file."""
+SliceHeader = tuple  # (file, size (columns, rows[, slices]), position text, orientation text)
+
+
+def _slice_headers(series: DicomSeries) -> list[SliceHeader]:
+    """The header of every slice, read file by file (slow: only to explain a series that did not read); an
+    unreadable header names its file."""
     sitk = simpleitk()
     headers = []
     for path in series.files:
@@ -207,6 +210,16 @@ def _slice_headers(series: DicomSeries) -> list[tuple[Path, tuple, str, str]]:
     return headers
 
 
+def _read_headers(reader, series: DicomSeries, size: tuple) -> list[SliceHeader]:
+    """The header of every slice from a series reader that kept each slice's tags (no second read)."""
+    headers = []
+    for i, path in enumerate(series.files):
+        tags = set(reader.GetMetaDataKeys(i))
+        headers.append((path, size, reader.GetMetaData(i, POSITION) if POSITION in tags else "",
+                        reader.GetMetaData(i, ORIENTATION) if ORIENTATION in tags else ""))
+    return headers
+
+
 def _numbers(text: str, count: int) -> np.ndarray | None:
     try:
         values = np.array([float(v) for v in text.split("\\")], np.float64)
@@ -215,14 +228,13 @@ def _numbers(text: str, count: int) -> np.ndarray | None:
     return values if values.shape == (count,) else None
 
 
-def check_slices(series: DicomSeries) -> None:
-    """The series' slices lie on one grid: one size, one orientation, distinct positions along the slice normal
-    at even spacing. A ValueError names the folder and the offending slices (files and positions in mm)."""
-    headers = _slice_headers(series)
+def check_slices(folder: Path, headers: list[SliceHeader]) -> None:
+    """The slices lie on one grid: one size, one orientation, distinct positions along the slice normal at even
+    spacing. A ValueError names the folder and the offending slices (files and positions in mm)."""
     first = headers[0]
     for path, size, _, _ in headers[1:]:
         if size[:2] != first[1][:2]:
-            raise ValueError(f"{series.folder}: DICOM slices differ in size: {first[0].name} is {first[1][0]} x "
+            raise ValueError(f"{folder}: DICOM slices differ in size: {first[0].name} is {first[1][0]} x "
                              f"{first[1][1]}, {path.name} is {size[0]} x {size[1]} (columns x rows)")
     if len(headers) < 2:
         return
@@ -232,7 +244,7 @@ def check_slices(series: DicomSeries) -> None:
         return  # no geometry in the headers (e.g. secondary capture): ITK stacks them as given
     for (path, _, _, text), orientation in zip(headers[1:], orientations[1:]):
         if not np.allclose(orientation, orientations[0], atol=1e-4):
-            raise ValueError(f"{series.folder}: DICOM slices are not parallel: {path.name} has orientation {text}, "
+            raise ValueError(f"{folder}: DICOM slices are not parallel: {path.name} has orientation {text}, "
                              f"{first[0].name} {first[3]}")
     normal = np.cross(orientations[0][:3], orientations[0][3:])
     along = np.array([float(p @ normal) for p in positions])  # (slices,) mm along the normal
@@ -242,31 +254,33 @@ def check_slices(series: DicomSeries) -> None:
     step = float(np.median(gaps))
     for i, gap in enumerate(gaps):
         if abs(gap) <= 1e-3 * max(abs(step), 1e-3):
-            raise ValueError(f"{series.folder}: two DICOM slices at the same position {along[i]:.6g} mm along the "
+            raise ValueError(f"{folder}: two DICOM slices at the same position {along[i]:.6g} mm along the "
                              f"slice normal: {names[i]} and {names[i + 1]} (a duplicated slice?)")
     for i, gap in enumerate(gaps):
         if abs(gap - step) > SPACING_TOLERANCE * step:
-            raise ValueError(f"{series.folder}: DICOM slices are not evenly spaced: {gap:.6g} mm between {names[i]} "
+            raise ValueError(f"{folder}: DICOM slices are not evenly spaced: {gap:.6g} mm between {names[i]} "
                              f"({along[i]:.6g} mm) and {names[i + 1]} ({along[i + 1]:.6g} mm), {step:.6g} mm "
                              "elsewhere (a missing slice?)")
 
 
 def read_dicom_series(series: DicomSeries):
-    """(volume (D, H, W) = (z, x, y) float32, the SimpleITK image for its geometry) of one series, after
-    ``check_slices``; a slice GDCM cannot decode, or a NaN, is an error naming the file."""
+    """(volume (D, H, W) = (z, x, y) float32, the SimpleITK image for its geometry) of one series whose slices
+    pass ``check_slices``; a slice GDCM cannot decode, or a NaN, is an error naming the file."""
     sitk = simpleitk()
-    check_slices(series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(path) for path in series.files])
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's tags, for the grid check
     with _native_stderr() as messages:
         try:
             image = _quietly(reader.Execute)
         except RuntimeError as exc:
+            check_slices(series.folder, _slice_headers(series))  # names the slice when it explains the failure
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{series.folder}: cannot read DICOM series {series.uid}: {reason}") from None
     if messages:  # a codec complained: find the slice, so that the error can name it
         path, reason = _undecodable(series.files) or (series.folder, messages[0])
         raise ValueError(f"{path}: the DICOM image data cannot be decoded ({reason})")
+    check_slices(series.folder, _read_headers(reader, series, tuple(image.GetSize())))
     volume = sitk_to_dhw(image, series.folder).astype(np.float32)
     check_finite(volume, series.folder)
     return volume, image
