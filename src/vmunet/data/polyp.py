@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from vmunet.data.checks import check_same_shape
 from vmunet.data.isic import PairedImages, pair_by_stem
 from vmunet.data.readers import displayed_size, read_image
@@ -48,8 +49,7 @@ class PolypFolder(PairedImages):
     (H, W, 3), ``sample["label"]`` int64 (H, W) in {0, 1}, ``case_id`` the stem.
 
     The pairs are checked when the folder is opened (unpaired files; image and mask sizes as displayed, from the
-    headers),
-    so a bad file stops training or evaluation before anything is written."""
+    headers), so a bad file stops training or evaluation before anything is written."""
 
     def __init__(self, folder: str | Path, name: str | None = None):
         self.folder = Path(folder)
