@@ -186,6 +186,24 @@ def test_polyp_training_masks_saved_as_0_128_are_refused_as_all_background(tmp_p
     assert len(PolypFolder.train(root)) == 3  # one mask with a polyp is enough
 
 
+def test_polyp_jpeg_masks_saved_as_0_128_are_refused_despite_their_noise_above_128(tmp_path):
+    """Kvasir-style JPEG masks at 0/128: JPEG ringing lifts a few pixels above 128, which is not a polyp."""
+    root = pairs(tmp_path / "p" / "TrainDataset", count=2).parent
+    masks = root / "TrainDataset" / "masks"
+    for i in range(2):
+        square = np.zeros((32, 40), np.uint8)
+        square[8:20, 10:30] = 128
+        (masks / f"c{i}.png").unlink()
+        Image.fromarray(square).save(masks / f"c{i}.jpg", quality=60)
+    noisy = np.asarray(Image.open(masks / "c0.jpg"))
+    assert noisy.max() > 128 and noisy.max() <= 191  # the case: a few pixels pass the threshold
+    with pytest.raises(ValueError, match=r"every training mask is all background \(0\); nothing to learn \(grey "
+                                         r"values found: .*brightest \d+; a polyp is > 128"):
+        PolypFolder.train(root)
+    Image.fromarray(np.where(noisy > 64, 255, 0).astype(np.uint8)).save(masks / "c1.jpg", quality=60)
+    assert len(PolypFolder.train(root)) == 2  # a 0/255 JPEG mask is a polyp mask
+
+
 @pytest.mark.parametrize("dataset", ["isic", "folders"])
 def test_other_layouts_refuse_a_training_split_of_all_background_masks_too(tmp_path, dataset):
     from vmunet.config import TrainConfig

@@ -20,6 +20,7 @@ from vmunet.data.readers import displayed_size, read_image
 
 TRAIN_FOLDER, TEST_FOLDER = "TrainDataset", "TestDataset"
 MASK_THRESHOLD = 128
+BRIGHT = 191  # a training set with no mask brighter than this (nor a 0/1 set) holds no polyp masks
 
 
 def read_polyp_mask(path: Path) -> np.ndarray:
@@ -74,11 +75,17 @@ class PolypFolder(PairedImages):
         folder.check_some_foreground()
         return folder
 
+    def has_foreground(self, mask_path: Path) -> bool:
+        """A 0/1 mask's 1, or a bright grey value (> 191): the JPEG noise around a mask saved as 0/128 passes the
+        threshold of 128 in a few pixels, and such a set would train on that noise."""
+        brightest = int(read_image(mask_path, "L").max(initial=0))
+        return brightest == 1 or brightest > BRIGHT
+
     def background_hint(self) -> str:
         """The grey values of the masks: 0/128 masks are all background (128 is not > 128)."""
         values = sorted(set().union(*(np.unique(read_image(path, "L")).tolist() for _, _, path in self.items)))
-        return (f" (grey values found: {values[:10]}{' ...' if len(values) > 10 else ''}; the polyp is > "
-                f"{MASK_THRESHOLD}: save masks as 0/255 or 0/1)")
+        shown = f"{values}" if len(values) <= 10 else f"{values[:5]} ... brightest {values[-1]}"
+        return f" (grey values found: {shown}; a polyp is > {MASK_THRESHOLD}: save masks as 0/255 or 0/1)"
 
     def read_mask(self, path: Path) -> np.ndarray:
         return read_polyp_mask(path)
