@@ -161,7 +161,11 @@ def _native_stderr():
     there, and nowhere else); the lines are in the yielded list when the block ends."""
     lines: list[str] = []
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a detached process): nothing to collect, nothing to hide
+        yield lines
+        return
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
