@@ -475,3 +475,19 @@ def test_a_folders_labels_json_with_an_ignore_class_is_refused_the_same_way(tmp_
         (tmp_path / "labels.json").write_text(json.dumps(labels))
         with pytest.raises(ValueError, match=r"labels\.json: label 'ignore' \(id 1\) is nnU-Net's ignore label"):
             read_class_map(tmp_path)
+
+
+def test_a_file_that_stops_gdcms_folder_scan_is_a_one_line_error(tmp_path):
+    """pydicom's rtdose_1frame.dcm beside a series makes GDCM's scan throw (was a RuntimeError traceback)."""
+    pytest.importorskip("SimpleITK")
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from vmunet.data.dicom import find_series
+
+    folder = ct_series(tmp_path / "CT", [0.0, 2.0, 4.0])
+    shutil.copy(get_testdata_file("rtdose_1frame.dcm"), folder / "dose.dcm")
+    with pytest.raises(ValueError, match=rf"^{folder}: GDCM cannot scan this folder's DICOM files \(.*\); move the "
+                                         r"files that are not slices of a series elsewhere$"):
+        find_series(folder)

@@ -34,6 +34,7 @@ from vmunet.data.readers import input_kind, list_folder, simpleitk, sitk_to_dhw
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 PREAMBLE = 128  # a DICOM Part 10 file: a 128-byte preamble, then "DICM"
+LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")  # 4-byte lengths
 POSITION, ORIENTATION = "0020|0032", "0020|0037"  # Image Position / Orientation (Patient)
 SPACING_TOLERANCE = 0.01  # relative: scanners write positions with float noise; a missing slice is a 100 % gap
 
@@ -89,7 +90,12 @@ def find_series(folder: Path) -> list[DicomSeries]:
     if not candidates:
         return []
     reader = simpleitk().ImageSeriesReader
-    uids = sorted(_quietly(lambda: reader.GetGDCMSeriesIDs(str(folder))))
+    try:
+        uids = sorted(_quietly(lambda: reader.GetGDCMSeriesIDs(str(folder))))
+    except RuntimeError as exc:  # GDCM's scan stops at a file it cannot parse, without naming it
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{folder}: GDCM cannot scan this folder's DICOM files ({reason}); move the files that "
+                         "are not slices of a series elsewhere") from None
     if not uids:
         more = f" and {len(candidates) - 1} more" if len(candidates) > 1 else ""
         raise ValueError(f"{folder}: holds DICOM-looking files ({candidates[0].name}{more}) but no DICOM series "
@@ -104,7 +110,8 @@ def find_series(folder: Path) -> list[DicomSeries]:
 
 def _check_left_out(folder: Path, candidates: list[Path], series: list[DicomSeries]) -> None:
     """A file that claims to be DICOM (the "DICM" marker) and stores the same kind of image as a series
-    (its SOP class), yet belongs to no series, is a slice GDCM could not read: an error naming it."""
+    (its SOP class), or whose header is cut short, yet belongs to no series, is a slice GDCM could not read: an
+    error naming it. Other objects (a DICOMDIR, a report, an RT plan) are left alone."""
     kinds = {sop_class(one.files[0]) for one in series} - {None}
     held = {path.resolve() for one in series for path in one.files}
     for path in candidates:
@@ -127,7 +134,8 @@ def _has_marker(path: Path) -> bool:
 
 def sop_class(path: Path) -> str | None:
     """The Media Storage SOP Class UID (0002,0002) of a DICOM Part 10 file's meta header (always explicit VR
-    little endian): what kind of object it stores (a CT image, a DICOMDIR, a report); None when unreadable."""
+    little endian): what kind of object it stores (a CT image, a DICOMDIR, a report); "" when the header names
+    none, None when it cannot be read (no "DICM" marker, or a file cut short)."""
     try:
         with open(path, "rb") as handle:
             handle.seek(PREAMBLE)
@@ -139,8 +147,8 @@ def sop_class(path: Path) -> str | None:
                     return None
                 group, element = struct.unpack("<HH", head[:4])
                 if group != 2:
-                    return None
-                if head[4:6] in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+                    return ""  # the meta header ended without naming a SOP class
+                if head[4:6] in LONG_VRS:
                     raw = handle.read(6)
                     length = struct.unpack("<I", raw[2:])[0] if len(raw) == 6 else -1
                 else:
