@@ -254,20 +254,30 @@ def check_flags_agree_with_sets(flags: dict, set_values: dict) -> None:
             raise ValueError(f"--set {key}={set_values[key]} conflicts with {flag} {flags[key]}; give {key} once")
 
 
-def read_text(path: str | Path) -> str:
-    """A text file's contents; an undecodable file is an error naming it."""
+def read_text(path: str | Path, kind: str = "YAML") -> str:
+    """A text file's contents; an undecodable file is an error naming it (and the format to save it in)."""
     path = Path(path)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"{path}: not a UTF-8 text file (byte {error.start}: {error.reason}); save it as "
-                         "UTF-8 YAML") from None
+                         f"UTF-8 {kind}") from None
 
 
 def read_json(path: str | Path):
-    """A JSON file's value; undecodable bytes or invalid JSON are an error naming the file."""
+    """A JSON file's value; undecodable bytes, invalid JSON or a key given twice in one object (Python would keep
+    the last without a word) are an error naming the file."""
+
+    def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+        seen: dict = {}
+        for key, value in pairs:
+            if key in seen:
+                raise ValueError(f"{path}: key {key!r} appears twice in one object; give each key once")
+            seen[key] = value
+        return seen
+
     try:
-        return json.loads(read_text(path))
+        return json.loads(read_text(path, "JSON"), object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from None
 

@@ -145,7 +145,7 @@ def evaluate(run_dir: str | Path | list[str | Path], data_dir: str | Path | None
     if out_dir is not None:
         check_output_folder(out_dir)
     model, info, payload = load_model_from_run(run_dir, checkpoint, allow_pickle=allow_pickle)
-    spec = load_for_run(postprocessing, info.num_classes)
+    spec = load_for_run(postprocessing, info)
     config = config_from_dict(read_config_dict(run_dir))
     kind, cases = evaluation_cases(config, data_dir, split)
     if len(cases) == 0:
@@ -171,7 +171,7 @@ def evaluate_ensemble(run_dirs: list[str | Path], out_dir: str | Path | None, da
         raise ValueError(f"an ensemble of {len(run_dirs)} runs ({', '.join(str(r) for r in run_dirs)}) has no run "
                          "folder of its own: give --out DIR for its summary.json and per_case.csv")
     infos = check_ensemble_runs(run_dirs, checkpoint)  # before the output folder is made
-    spec = load_for_run(postprocessing, infos[0].num_classes)
+    spec = load_for_run(postprocessing, infos[0])
     check_output_folder(out_dir)
     config = config_from_dict(read_config_dict(run_dirs[0]))
     kind, cases = evaluation_cases(config, data_dir, split)

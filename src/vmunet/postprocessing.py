@@ -28,7 +28,8 @@ class, so which cases are left out is the same before and after.
     }
 
 A class's ``dice_before`` is on top of the all-foreground choice, ``dice_after`` with its own step as well.
-Only ``format``, ``num_classes``, ``all_foreground.apply`` and ``classes.*.apply`` are needed to apply it.
+Only ``format``, ``num_classes``, ``all_foreground.apply`` and ``classes.*.apply`` are needed to apply it;
+``class_names`` and ``volumetric``, when given, must match the run it is applied to (``load_for_run``).
 """
 
 from __future__ import annotations
@@ -82,17 +83,43 @@ def keep_largest_per_class(labels: np.ndarray, classes: Sequence[int]) -> np.nda
 
 @dataclass
 class Postprocessing:
-    """What to apply: ``all_foreground`` first, then the largest component of each class in ``classes``."""
+    """What to apply: ``all_foreground`` first, then the largest component of each class in ``classes``;
+    ``class_names`` and ``volumetric`` (None when the file does not say) describe the runs it was chosen for."""
 
     num_classes: int
     all_foreground: bool
     classes: list[int]
     source: str = "postprocessing"
+    class_names: list[str] | None = None
+    volumetric: bool | None = None
 
-    def check_run(self, num_classes: int) -> None:
+    def check_run(self, num_classes: int, label_names: Sequence[str] | None = None,
+                  volumetric: bool | None = None) -> None:
+        """Refuse a run this postprocessing was not chosen for: other output classes, other class names, or 2D
+        images where it was chosen on 3D volumes (components differ) and the reverse."""
         if num_classes != self.num_classes:
             raise ValueError(f"{self.source}: chosen for runs of {self.num_classes} output class(es); this run "
                              f"has {num_classes}")
+        if volumetric is not None and self.volumetric is not None and volumetric != self.volumetric:
+            raise ValueError(f"{self.source}: chosen on the components of {_kind(self.volumetric)}; this run "
+                             f"predicts {_kind(volumetric)}")
+        names = run_class_names(num_classes, label_names)
+        if self.class_names is not None and label_names is not None and names != self.class_names:
+            raise ValueError(f"{self.source}: chosen for the classes {', '.join(self.class_names)}; this run's "
+                             f"classes are {', '.join(names)}")
+
+
+def _kind(volumetric: bool) -> str:
+    return "3D volumes" if volumetric else "2D images"
+
+
+def run_class_names(num_classes: int, label_names: Sequence[str] | None) -> list[str]:
+    """The class names postprocessing.json records for a run: its own when they name every class (one sigmoid
+    output: background and foreground), else ``background, class 1, ..``."""
+    classes = foreground_classes(num_classes)
+    if label_names and len(label_names) == len(classes) + 1:
+        return list(label_names)
+    return ["background"] + [f"class {k}" for k in classes]
 
 
 def apply_postprocessing(labels: np.ndarray, spec: Postprocessing) -> np.ndarray:
@@ -153,8 +180,7 @@ def choose_from_scores(scores: Sequence[dict], num_classes: int, class_names: Se
     if not scores:
         raise ValueError("no out-of-fold cases to choose postprocessing on")
     classes = foreground_classes(num_classes)
-    names = list(class_names) if class_names and len(class_names) == len(classes) + 1 else \
-        ["background"] + [f"class {k}" for k in classes]
+    names = run_class_names(num_classes, class_names)
     means = {key: _mean_over_cases(scores, key) for key in ("raw", "raw+class", "all", "all+class")}
     raw, merged = means["raw"], means["all"]
     # all foreground: the mean over classes rises, and no class falls (NaN: a class never present, no vote)
@@ -202,8 +228,14 @@ def spec_from_dict(data, source: str = "postprocessing") -> Postprocessing:
             not all(isinstance(v, dict) and isinstance(v.get("apply"), bool) for v in classes.values()):
         raise ValueError(f"{source}: classes must map each foreground class id ({', '.join(sorted(valid, key=int))})"
                          " to {\"apply\": true or false, ...}")
+    names, volumetric = data.get("class_names"), data.get("volumetric")
+    if names is not None and not (isinstance(names, list) and len(names) == len(valid) + 1
+                                  and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{source}: class_names must list {len(valid) + 1} names (the background first)")
+    if volumetric is not None and not isinstance(volumetric, bool):
+        raise ValueError(f"{source}: volumetric must be true (3D volumes) or false (2D images)")
     return Postprocessing(num_classes, merged["apply"], sorted(int(k) for k, v in classes.items() if v["apply"]),
-                          source)
+                          source, names, volumetric)
 
 
 def load_postprocessing(path: str | Path) -> Postprocessing:
@@ -224,10 +256,11 @@ def postprocess_prediction(prediction, spec: Postprocessing | None):
     return dataclasses.replace(prediction, labels=apply_postprocessing(prediction.labels, spec))
 
 
-def load_for_run(path: str | Path | None, num_classes: int) -> Postprocessing | None:
-    """``load_postprocessing(path)`` checked against a run of ``num_classes`` outputs; None for no path."""
+def load_for_run(path: str | Path | None, info) -> Postprocessing | None:
+    """``load_postprocessing(path)`` checked against a run (its ``RunInfo``: output classes, class names, 2D or
+    3D); None for no path."""
     if path is None:
         return None
     spec = load_postprocessing(path)
-    spec.check_run(num_classes)
+    spec.check_run(info.num_classes, info.label_names, info.is_volumetric)
     return spec

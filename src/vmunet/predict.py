@@ -259,7 +259,7 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
         highdicom()  # a missing extra is an error before anything is written
     # an ensemble's members are checked to agree before anything is written
     infos = check_ensemble_runs(runs, checkpoint) if len(runs) > 1 else [read_run_info(runs[0])]
-    spec = load_for_run(postprocessing, infos[0].num_classes)  # `vmunet cv`'s choice, applied to the labels
+    spec = load_for_run(postprocessing, infos[0])  # `vmunet cv`'s choice, applied to the labels
     channels = infos[0].input_channels
     inputs_read = list(files)
     cases = None

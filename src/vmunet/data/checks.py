@@ -50,6 +50,19 @@ def _matrix(a: np.ndarray) -> str:
     return "[" + "; ".join(" ".join(f"{v:.6g}" for v in row) for row in a[:3]) + "]"
 
 
+IGNORE_LABEL = "ignore"  # nnU-Net's name for pixels left out of the loss and the metrics
+
+
+def refuse_ignore_label(by_id: dict[int, str], source: str | Path) -> None:
+    """nnU-Net's "ignore" label is not supported: trained as an ordinary class it would teach the model to
+    predict "unknown" and score it; refused by name (one rule for dataset.json and labels.json)."""
+    for class_id, name in by_id.items():
+        if name == IGNORE_LABEL:
+            raise ValueError(f"{source}: label {name!r} (id {class_id}) is nnU-Net's ignore label (pixels left out "
+                             "of the loss and the metrics), which vmunet does not support: give those pixels a class "
+                             f"(or the background) in the label files and remove {name!r} from the labels")
+
+
 def check_finite(image: np.ndarray, source: str | Path) -> None:
     if not np.all(np.isfinite(image)):
         raise ValueError(f"{source}: image has NaN or infinite values")

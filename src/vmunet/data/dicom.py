@@ -6,21 +6,38 @@
 GDCM orders the slices along the slice normal (Image Position Patient), SimpleITK gives the volume the series'
 size, spacing, origin and direction, and the axis order is that of every other volume (``vmunet.data.readers``),
 so labels written through ``readers.sitk_labels`` land on the series' grid. Folders are not searched
-recursively; files of a folder that belong to no series (a DICOMDIR, a report) are left alone.
+recursively; files of a folder that belong to no series and are not images of a series' kind (a DICOMDIR, a
+report, a SEG) are left alone.
+
+The grid is checked before a volume is returned, since ITK would stack any slices on a uniform grid (a missing
+slice stretches the spacing, a duplicate squeezes it, and labels land at wrong positions): slices of one size and
+orientation, positions along the slice normal distinct and evenly spaced, every slice decoded (GDCM reports a
+codec it lacks, such as 12-bit lossy JPEG, only on stderr and returns noise), no slice of the series' kind left
+out because it cannot be read (a truncated file). Each problem is one error naming the folder and the position
+or file.
 """
 
 from __future__ import annotations
 
+import os
+import struct
+import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vmunet.data.checks import check_finite
 from vmunet.data.readers import input_kind, list_folder, simpleitk, sitk_to_dhw
 from vmunet.io.limits import check_dicom_files
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 PREAMBLE = 128  # a DICOM Part 10 file: a 128-byte preamble, then "DICM"
+LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")  # 4-byte lengths
+POSITION, ORIENTATION = "0020|0032", "0020|0037"  # Image Position / Orientation (Patient)
+SPACING_TOLERANCE = 0.01  # relative: scanners write positions with float noise; a missing slice is a 100 % gap
 
 
 @dataclass(frozen=True)
@@ -66,14 +83,20 @@ def _quietly(call):
 
 def find_series(folder: Path) -> list[DicomSeries]:
     """The DICOM series of ``folder``, sorted by UID: [] when it holds no DICOM-looking files; a ValueError naming
-    the folder when it holds some but SimpleITK reads no series from them. One series is named after the
+    the folder when it holds some but SimpleITK reads no series from them, or naming a file of a series' kind
+    that no series holds (unreadable: its series would be read without it). One series is named after the
     folder; several are named ``<folder>_<SeriesInstanceUID>`` (a UID names the series unambiguously)."""
     folder = Path(folder)
     candidates = dicom_files(folder)
     if not candidates:
         return []
     reader = simpleitk().ImageSeriesReader
-    uids = sorted(_quietly(lambda: reader.GetGDCMSeriesIDs(str(folder))))
+    try:
+        uids = sorted(_quietly(lambda: reader.GetGDCMSeriesIDs(str(folder))))
+    except RuntimeError as exc:  # GDCM's scan stops at a file it cannot parse, without naming it
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{folder}: GDCM cannot scan this folder's DICOM files ({reason}); move the files that "
+                         "are not slices of a series elsewhere") from None
     if not uids:
         more = f" and {len(candidates) - 1} more" if len(candidates) > 1 else ""
         raise ValueError(f"{folder}: holds DICOM-looking files ({candidates[0].name}{more}) but no DICOM series "
@@ -82,18 +105,196 @@ def find_series(folder: Path) -> list[DicomSeries]:
     for uid in uids:
         files = tuple(Path(name) for name in _quietly(lambda uid=uid: reader.GetGDCMSeriesFileNames(str(folder), uid)))
         series.append(DicomSeries(folder, uid, files, folder.name if len(uids) == 1 else f"{folder.name}_{uid}"))
+    _check_left_out(folder, candidates, series)
     return series
 
 
+def _check_left_out(folder: Path, candidates: list[Path], series: list[DicomSeries]) -> None:
+    """A file that claims to be DICOM (the "DICM" marker) and stores the same kind of image as a series
+    (its SOP class), or whose header is cut short, yet belongs to no series, is a slice GDCM could not read: an
+    error naming it. Other objects (a DICOMDIR, a report, an RT plan) are left alone."""
+    kinds = {sop_class(one.files[0]) for one in series} - {None}
+    held = {path.resolve() for one in series for path in one.files}
+    for path in candidates:
+        if path.resolve() in held or not _has_marker(path):
+            continue
+        kind = sop_class(path)
+        if kind is None or kind in kinds:
+            raise ValueError(f"{path}: DICOM file that cannot be read (truncated or damaged?); its series in {folder} "
+                             "would be read without it: replace or remove the file")
+
+
+def _has_marker(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(PREAMBLE)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def sop_class(path: Path) -> str | None:
+    """The Media Storage SOP Class UID (0002,0002) of a DICOM Part 10 file's meta header (always explicit VR
+    little endian): what kind of object it stores (a CT image, a DICOMDIR, a report); "" when the header names
+    none, None when it cannot be read (no "DICM" marker, or a file cut short)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(PREAMBLE)
+            if handle.read(4) != b"DICM":
+                return None
+            while True:
+                head = handle.read(6)
+                if len(head) < 6:
+                    return None
+                group, element = struct.unpack("<HH", head[:4])
+                if group != 2:
+                    return ""  # the meta header ended without naming a SOP class
+                if head[4:6] in LONG_VRS:
+                    raw = handle.read(6)
+                    length = struct.unpack("<I", raw[2:])[0] if len(raw) == 6 else -1
+                else:
+                    raw = handle.read(2)
+                    length = struct.unpack("<H", raw)[0] if len(raw) == 2 else -1
+                if length < 0:
+                    return None
+                value = handle.read(length)
+                if element == 2:
+                    return value.rstrip(b"\x00 ").decode("ascii", errors="replace") if len(value) == length else None
+    except OSError:
+        return None
+
+
+@contextmanager
+def _native_stderr():
+    """Collect what native code writes to file descriptor 2 meanwhile (GDCM's codecs report a failed decode
+    there, and nowhere else); the lines are in the yielded list when the block ends."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr at all (a detached process): nothing to collect, nothing to hide
+        yield lines
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line for line in sink.read().decode("utf-8", "replace").splitlines() if line.strip())
+
+
+def _undecodable(files: tuple[Path, ...]) -> tuple[Path, str] | None:
+    """The first file whose pixel data GDCM cannot decode, with the codec's message; None if all decode."""
+    sitk = simpleitk()
+    for path in files:
+        with _native_stderr() as messages:
+            try:
+                _quietly(lambda path=path: sitk.ReadImage(str(path)))
+            except RuntimeError as exc:
+                messages.append(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+        if messages:
+            return path, messages[0]
+    return None
+
+
+SliceHeader = tuple  # (file, size (columns, rows[, slices]), position text, orientation text)
+
+
+def _slice_headers(series: DicomSeries) -> list[SliceHeader]:
+    """The header of every slice, read file by file (slow: only to explain a series that did not read); an
+    unreadable header names its file."""
+    sitk = simpleitk()
+    headers = []
+    for path in series.files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            _quietly(reader.ReadImageInformation)
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{path}: cannot read this DICOM slice's header ({reason})") from None
+        tags = set(reader.GetMetaDataKeys())
+        headers.append((path, tuple(reader.GetSize()),
+                        reader.GetMetaData(POSITION) if POSITION in tags else "",
+                        reader.GetMetaData(ORIENTATION) if ORIENTATION in tags else ""))
+    return headers
+
+
+def _read_headers(reader, series: DicomSeries, size: tuple) -> list[SliceHeader]:
+    """The header of every slice from a series reader that kept each slice's tags (no second read)."""
+    headers = []
+    for i, path in enumerate(series.files):
+        tags = set(reader.GetMetaDataKeys(i))
+        headers.append((path, size, reader.GetMetaData(i, POSITION) if POSITION in tags else "",
+                        reader.GetMetaData(i, ORIENTATION) if ORIENTATION in tags else ""))
+    return headers
+
+
+def _numbers(text: str, count: int) -> np.ndarray | None:
+    try:
+        values = np.array([float(v) for v in text.split("\\")], np.float64)
+    except ValueError:
+        return None
+    return values if values.shape == (count,) else None
+
+
+def check_slices(folder: Path, headers: list[SliceHeader]) -> None:
+    """The slices lie on one grid: one size, one orientation, distinct positions along the slice normal at even
+    spacing. A ValueError names the folder and the offending slices (files and positions in mm)."""
+    first = headers[0]
+    for path, size, _, _ in headers[1:]:
+        if size[:2] != first[1][:2]:
+            raise ValueError(f"{folder}: DICOM slices differ in size: {first[0].name} is {first[1][0]} x "
+                             f"{first[1][1]}, {path.name} is {size[0]} x {size[1]} (columns x rows)")
+    if len(headers) < 2:
+        return
+    orientations = [_numbers(h[3], 6) for h in headers]
+    positions = [_numbers(h[2], 3) for h in headers]
+    if any(o is None for o in orientations) or any(p is None for p in positions):
+        return  # no geometry in the headers (e.g. secondary capture): ITK stacks them as given
+    for (path, _, _, text), orientation in zip(headers[1:], orientations[1:]):
+        if not np.allclose(orientation, orientations[0], atol=1e-4):
+            raise ValueError(f"{folder}: DICOM slices are not parallel: {path.name} has orientation {text}, "
+                             f"{first[0].name} {first[3]}")
+    normal = np.cross(orientations[0][:3], orientations[0][3:])
+    along = np.array([float(p @ normal) for p in positions])  # (slices,) mm along the normal
+    order = np.argsort(along, kind="stable")
+    along, names = along[order], [headers[i][0].name for i in order]
+    gaps = np.diff(along)  # (slices - 1,)
+    step = float(np.median(gaps))
+    for i, gap in enumerate(gaps):
+        if abs(gap) <= 1e-3 * max(abs(step), 1e-3):
+            raise ValueError(f"{folder}: two DICOM slices at the same position {along[i]:.6g} mm along the "
+                             f"slice normal: {names[i]} and {names[i + 1]} (a duplicated slice?)")
+    for i, gap in enumerate(gaps):
+        if abs(gap - step) > SPACING_TOLERANCE * step:
+            raise ValueError(f"{folder}: DICOM slices are not evenly spaced: {gap:.6g} mm between {names[i]} "
+                             f"({along[i]:.6g} mm) and {names[i + 1]} ({along[i + 1]:.6g} mm), {step:.6g} mm "
+                             "elsewhere (a missing slice?)")
+
+
 def read_dicom_series(series: DicomSeries):
-    """(volume (D, H, W) = (z, x, y) float32, the SimpleITK image for its geometry) of one series."""
+    """(volume (D, H, W) = (z, x, y) float32, the SimpleITK image for its geometry) of one series whose slices
+    pass ``check_slices``; a slice GDCM cannot decode, or a NaN, is an error naming the file."""
     sitk = simpleitk()
     check_dicom_files(series.files, series.folder)  # rows x columns x frames: the voxel limit before decoding
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(path) for path in series.files])
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{series.folder}: cannot read DICOM series {series.uid}: {reason}") from None
-    return sitk_to_dhw(image, series.folder).astype(np.float32), image
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's tags, for the grid check
+    with _native_stderr() as messages:
+        try:
+            image = _quietly(reader.Execute)
+        except RuntimeError as exc:
+            check_slices(series.folder, _slice_headers(series))  # names the slice when it explains the failure
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{series.folder}: cannot read DICOM series {series.uid}: {reason}") from None
+    if messages:  # a codec complained: find the slice, so that the error can name it
+        path, reason = _undecodable(series.files) or (series.folder, messages[0])
+        raise ValueError(f"{path}: the DICOM image data cannot be decoded ({reason})")
+    check_slices(series.folder, _read_headers(reader, series, tuple(image.GetSize())))
+    volume = sitk_to_dhw(image, series.folder).astype(np.float32)
+    check_finite(volume, series.folder)
+    return volume, image

@@ -7,8 +7,9 @@ Images are PNG/JPG/BMP/TIFF (RGB or grey, 8 or 16 bit), masks lossless images pa
 
 ``labels.json`` names the classes (``{"background": 0, "tumour": 1}``, ids 0..K-1) or maps colours
 (``{"background": [0, 0, 0], "tumour": [255, 0, 0]}``, class ids in the order given). Without it K = 1 + the
-largest index in the training masks, and the classes are named ``background, class_1, ..``. A value outside
-0..K-1, or a colour not in the map, is an error naming the mask and the values.
+largest index in the training masks, which must hold exactly the values 0..K-1 (grey-coded 0/85/170/255 masks
+need the colour map), and the classes are named ``background, class_1, ..``. A value outside 0..K-1, or a colour
+not in the map, is an error naming the mask and the values.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from vmunet.config import read_json
+from vmunet.data.checks import refuse_ignore_label
 from vmunet.data.isic import PairedImages, split_pairs
 
 INDEX_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "P", "1")
@@ -53,11 +55,13 @@ def read_class_map(root: str | Path) -> ClassMap | None:
         by_id = {v: k for k, v in labels.items()}
         if len(by_id) != len(labels):
             raise ValueError(f"{path}: two classes share an id")
+        refuse_ignore_label(by_id, path)
         if sorted(by_id) != list(range(len(by_id))):
             raise ValueError(f"{path}: class ids {sorted(by_id)} are not 0..{len(by_id) - 1}")
         return ClassMap([by_id[i] for i in range(len(by_id))])
     if all(isinstance(v, list) and len(v) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in v)
            for v in values):
+        refuse_ignore_label(dict(enumerate(labels)), path)
         colours = np.array(values, dtype=np.uint8)
         if len({tuple(c) for c in colours.tolist()}) != len(colours):
             raise ValueError(f"{path}: two classes share a colour")
@@ -111,19 +115,50 @@ def read_class_mask(path: Path, class_map: ClassMap | None, num_classes: int | N
 
 
 def count_classes(items: list[tuple[str, Path, Path]]) -> int:
-    """K = 1 + the largest index of the training masks (no labels.json); a 0/255 mask is refused."""
-    largest, values = 0, set()
+    """K = 1 + the largest index of the training masks (no labels.json), when the values found are exactly
+    0..K-1: grey-coded (0/85/170/255) or sparse palette (0/5/9/12) masks are refused, naming their values (they
+    would give a model of empty classes)."""
+    values: set[int] = set()
     for _, _, mask_path in items:
         mask = read_class_mask(mask_path, None, None)
         found = np.flatnonzero(np.bincount(mask.ravel())) if mask.min(initial=0) >= 0 else np.unique(mask)
         values.update(found.tolist())
-        largest = max(largest, int(found.max(initial=0)))
+    largest = max(values, default=0)
+    folder = items[0][2].parent
     if values == {0, 255}:
-        raise ValueError(f"{items[0][2].parent}: masks are 0/255 (binary): use --preset isic18, or map the colours "
+        raise ValueError(f"{folder}: masks are 0/255 (binary): use --preset isic18, or map the colours "
                          'in DATA/labels.json ({"background": [0, 0, 0], "lesion": [255, 255, 255]})')
     if largest == 0:
-        raise ValueError(f"{items[0][2].parent}: every training mask is all background (0); nothing to learn")
+        raise ValueError(f"{folder}: every training mask is all background (0); nothing to learn")
+    if values != set(range(largest + 1)):
+        raise ValueError(f"{folder}: mask values {_show_values(sorted(values))} are not the class ids 0..K-1, and "
+                         f"DATA/labels.json is absent; save index masks 0..K-1, or map each value's colour in "
+                         f"DATA/labels.json, e.g. {_colour_map_example(items, sorted(values))}")
     return largest + 1
+
+
+def _show_values(values: list[int], limit: int = 10) -> str:
+    return "[" + ", ".join(map(str, values[:limit])) + (f", ... ({len(values)} in all)]" if len(values) > limit
+                                                        else "]")
+
+
+def _colour_map_example(items: list[tuple[str, Path, Path]], values: list[int], limit: int = 4) -> str:
+    """labels.json's colour form for the first ``limit`` mask values: each value's colour as the colour reader
+    sees it (grey v -> [v, v, v], a palette index -> its palette colour)."""
+    from vmunet.data.readers import read_image
+
+    wanted, colours = values[:limit], {}
+    for _, _, mask_path in items:
+        indices = read_class_mask(mask_path, None, None)
+        rgb = read_image(mask_path, "RGB")  # (H, W, 3): what a colour map is matched against
+        for value in wanted:
+            if value not in colours and (indices == value).any():
+                colours[value] = rgb[indices == value][0].tolist()
+        if len(colours) == len(wanted):
+            break
+    entries = [f'"{"background" if i == 0 else f"class_{i}"}": {colours[v]}' for i, v in enumerate(wanted)
+               if v in colours]
+    return "{" + ", ".join(entries) + (", ...}" if len(values) > limit else "}")
 
 
 def default_class_names(num_classes: int) -> list[str]:

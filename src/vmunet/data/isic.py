@@ -124,6 +124,23 @@ class PairedImages:
     def case_ids(self) -> list[str]:
         return [case_id for case_id, _, _ in self.items]
 
+    def check_some_foreground(self) -> None:
+        """A training split whose every mask is all background teaches nothing (it trains to val dice 0): an
+        error naming its mask folder. Masks are read until the first with foreground (usually the first)."""
+        for _, _, mask_path in self.items:
+            if self.has_foreground(mask_path):
+                return
+        raise ValueError(f"{self.items[0][2].parent}: every training mask is all background (0); nothing to learn"
+                         + self.background_hint())
+
+    def has_foreground(self, mask_path: Path) -> bool:
+        """Whether a mask marks anything (``check_some_foreground``'s test; a layout may be stricter)."""
+        return bool(self.read_mask(mask_path).any())
+
+    def background_hint(self) -> str:
+        """What ``check_some_foreground``'s error adds about the layout's mask values ("" by default)."""
+        return ""
+
     def __len__(self) -> int:
         return len(self.items)
 

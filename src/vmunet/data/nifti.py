@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vmunet.config import read_json
-from vmunet.data.checks import check_finite, check_labels, check_same_affine, check_same_shape
+from vmunet.data.checks import check_finite, check_labels, check_same_affine, check_same_shape, refuse_ignore_label
 from vmunet.data.readers import SITK_SUFFIXES, list_folder
 from vmunet.io.limits import check_nifti_header
 
@@ -89,6 +89,7 @@ def read_label_names(root: str | Path) -> list[str]:
             raise ValueError(f"{path}: two labels share a class id")
     else:
         raise ValueError(f"{path}: 'labels' must map names to integer ids (region-based labels are not supported)")
+    refuse_ignore_label(by_id, path)
     if sorted(by_id) != list(range(len(by_id))):
         raise ValueError(f"{path}: class ids {sorted(by_id)} are not 0..{len(by_id) - 1}")
     return [by_id[i] for i in range(len(by_id))]
@@ -128,8 +129,20 @@ def find_cases(root: str | Path, subset: str = "Tr") -> dict[str, list[Path]]:
             raise ValueError(f"{image_dir}: case {case!r} has channels {sorted(files)}, expected 0..{count - 1}")
         cases[case] = [files[c] for c in range(count)]
     if not cases:
-        raise ValueError(f"{image_dir}: no images found")
+        raise ValueError(f"{image_dir}: no images named CASE_XXXX{ending} found{_what_was_found(image_dir, root)}")
     return cases
+
+
+def _what_was_found(image_dir: Path, root: Path) -> str:
+    """' (found: a_0000.nrrd, b_0000.nrrd (2 files); dataset.json's file_ending is ".mha")' or '' for an empty
+    folder: the reason an expected ending matched nothing."""
+    names = [path.name for path in list_folder(image_dir)]
+    if not names:
+        return " (the folder is empty)"
+    shown = ", ".join(names[:3]) + (f", ... ({len(names)} files)" if len(names) > 3 else "")
+    declared = (root / "dataset.json").is_file() and read_dataset_json(root).get("file_ending") is not None
+    source = "dataset.json's file_ending" if declared else "the ending found"
+    return f" (found: {shown}; {source} is {file_ending(root)!r})"
 
 
 def _load(path: Path):
@@ -169,8 +182,9 @@ def read_case_file(path: Path, mask: bool = False) -> tuple[np.ndarray, tuple[fl
                                                                                                      np.float64)
     if name.endswith(SITK_SUFFIXES):
         image = read_sitk_image(path)
+        volume = sitk_to_dhw(image, path)  # first: a 2D file is refused by name, before its 2D geometry is read
         spacing, affine = sitk_geometry(image)
-        return sitk_to_dhw(image, path), spacing, affine
+        return volume, spacing, affine
     data = read_index_mask(path) if mask else read_image_file(path)  # (H, W) or (H, W, 3), alpha dropped
     return data[None], (1.0, 1.0, 1.0), np.eye(4)
 
@@ -190,10 +204,9 @@ def read_header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, f
         x, y, z = (tuple(reader.GetSize()) + (1,))[:3]
         return (z, x, y), (1.0, 1.0, 1.0), np.eye(4)
     if not name.endswith((".nii", ".nii.gz")):
-        from PIL import Image
+        from vmunet.data.readers import displayed_size
 
-        with Image.open(path) as img:
-            return (1, img.size[1], img.size[0]), (1.0, 1.0, 1.0), np.eye(4)
+        return (1, *displayed_size(path)), (1.0, 1.0, 1.0), np.eye(4)
     nib = _nibabel()
     from nibabel.filebasedimages import ImageFileError
 

@@ -13,19 +13,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from vmunet.data.checks import check_same_shape
 from vmunet.data.isic import PairedImages, pair_by_stem
-from vmunet.data.readers import read_image
+from vmunet.data.readers import displayed_size, read_image
 
 TRAIN_FOLDER, TEST_FOLDER = "TrainDataset", "TestDataset"
 MASK_THRESHOLD = 128
+BRIGHT = 191  # a training set with no mask brighter than this (nor a 0/1 set) holds no polyp masks
 
 
 def read_polyp_mask(path: Path) -> np.ndarray:
     """(H, W) int64 in {0, 1}: grey value > 128 is the polyp (0/1 masks: 1 is)."""
-    grey = read_image(path, "L")  # RGB, RGBA, P, 1 and 16-bit masks all through their grey value
+    return binarise(read_image(path, "L"), path)  # RGB, RGBA, P, 1 and 16-bit masks through their grey value
+
+
+def binarise(grey: np.ndarray, path: Path) -> np.ndarray:
+    """(H, W) grey values -> (H, W) int64 in {0, 1}: > 128 is the polyp (0/1 masks: 1 is)."""
     if grey.ndim != 2:
         raise ValueError(f"{path}: mask has shape {grey.shape}, expected a single-channel image")
     if grey.max(initial=0) == 1:
@@ -41,23 +45,12 @@ def _subfolder(folder: Path, names: tuple[str, str]) -> Path:
                             f"{folder.name}/masks/)")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """(H, W) from the file's header, without decoding it."""
-    try:
-        with Image.open(path) as img:
-            return img.size[1], img.size[0]
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        size = path.stat().st_size if path.exists() else None
-        what = "empty file (0 bytes)" if size == 0 else f"{type(exc).__name__}: {exc}"
-        raise ValueError(f"{path}: cannot read image: {what}") from None
-
-
 class PolypFolder(PairedImages):
     """One folder of the layout (TrainDataset, or one test set) as 2D samples: ``sample["image"]`` float32
     (H, W, 3), ``sample["label"]`` int64 (H, W) in {0, 1}, ``case_id`` the stem.
 
-    The pairs are checked when the folder is opened (unpaired files; image and mask sizes, from the headers),
-    so a bad file stops training or evaluation before anything is written."""
+    The pairs are checked when the folder is opened (unpaired files; image and mask sizes as displayed, from the
+    headers), so a bad file stops training or evaluation before anything is written."""
 
     def __init__(self, folder: str | Path, name: str | None = None):
         self.folder = Path(folder)
@@ -70,7 +63,7 @@ class PolypFolder(PairedImages):
         if not self.items:
             raise ValueError(f"{image_dir}: no images")
         for _, image_path, mask_path in self.items:
-            check_same_shape(_image_size(image_path), _image_size(mask_path), f"{image_path} and {mask_path}")
+            check_same_shape(displayed_size(image_path), displayed_size(mask_path), f"{image_path} and {mask_path}")
 
     @classmethod
     def train(cls, root: str | Path) -> PolypFolder:
@@ -78,7 +71,21 @@ class PolypFolder(PairedImages):
         if not (root / TRAIN_FOLDER).is_dir():
             raise FileNotFoundError(f"{root / TRAIN_FOLDER}: folder not found (the polyp layout: {TRAIN_FOLDER}/"
                                     f"{{images,masks}}/ and {TEST_FOLDER}/<set>/{{images,masks}}/)")
-        return cls(root / TRAIN_FOLDER)
+        folder = cls(root / TRAIN_FOLDER)
+        folder.check_some_foreground()
+        return folder
+
+    def has_foreground(self, mask_path: Path) -> bool:
+        """A 0/1 mask's 1, or a bright grey value (> 191): the JPEG noise around a mask saved as 0/128 passes the
+        threshold of 128 in a few pixels, and such a set would train on that noise."""
+        brightest = int(read_image(mask_path, "L").max(initial=0))
+        return brightest == 1 or brightest > BRIGHT
+
+    def background_hint(self) -> str:
+        """The grey values of the masks: 0/128 masks are all background (128 is not > 128)."""
+        values = sorted(set().union(*(np.unique(read_image(path, "L")).tolist() for _, _, path in self.items)))
+        shown = f"{values}" if len(values) <= 10 else f"{values[:5]} ... brightest {values[-1]}"
+        return f" (grey values found: {shown}; a polyp is > {MASK_THRESHOLD}: save masks as 0/255 or 0/1)"
 
     def read_mask(self, path: Path) -> np.ndarray:
         return read_polyp_mask(path)

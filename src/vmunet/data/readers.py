@@ -17,7 +17,10 @@ One image policy (``read_image_file`` for images, ``read_image`` under it for ma
   run's normalisation unchanged, in training and prediction alike;
 - a palette (P) image is read as its colours; a palette mask keeps its indices (the mask readers ask for that);
 - an alpha channel (RGBA, LA, PA, a palette or grey image with transparency) is dropped, not composited: the
-  colour (or grey) values are kept, and a warning names the file once per process.
+  colour (or grey) values are kept, and a warning names the file once per process;
+- a file of several frames (multi-page TIFF, animated GIF) is refused, and so is a float image with a NaN or
+  infinite pixel (as NIfTI volumes are);
+- sizes are compared as displayed (``displayed_size``), in every layout.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from vmunet.data.checks import check_finite
 from vmunet.io.limits import check_h5_dataset, check_image_header, check_sitk_header, sitk_image_io
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -40,6 +44,7 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 INDEX_MODES = ("1", "L", "I", "I;16", "I;16B", "I;16L", "P")  # label images read as stored
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 EXIF_ORIENTATION = 0x0112  # the EXIF Orientation tag; 1 = as stored
+EXIF_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height when displayed
 
 logger = logging.getLogger(__name__)
 _alpha_reported: set[str] = set()  # files whose dropped alpha channel was reported (once per file)
@@ -84,8 +89,27 @@ def output_stem(path: Path) -> str:
 
 def read_image_file(path: Path) -> np.ndarray:
     """The image reader of training and prediction: (H, W) grey or (H, W, 3) RGB with the file's own value range
-    (16-bit stays 16-bit), as displayed (EXIF orientation applied), palette as colours, alpha dropped."""
-    return read_image(path, "RGB", keep_modes=GREY_MODES, drop_alpha=True)
+    (16-bit stays 16-bit), as displayed (EXIF orientation applied), palette as colours, alpha dropped.
+    A float image with a NaN or infinite pixel is an error naming the file (it would turn every output to NaN)."""
+    image = read_image(path, "RGB", keep_modes=GREY_MODES, drop_alpha=True)
+    if image.dtype.kind == "f":
+        check_finite(image, path)
+    return image
+
+
+def displayed_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image as displayed (EXIF orientation applied, as ``read_image`` decodes it), from the header
+    alone: the size every layout compares an image and its mask by."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(EXIF_ORIENTATION, 1) in EXIF_TRANSPOSED:
+                width, height = height, width
+            return height, width
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for empty, truncated, unknown files
+        size = path.stat().st_size if path.exists() else None
+        what = "empty file (0 bytes)" if size == 0 else f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{path}: cannot read image: {what}") from None
 
 
 def read_index_mask(path: Path) -> np.ndarray:
@@ -127,6 +151,7 @@ def read_h5_volume(path: Path, self_contained: bool = False) -> np.ndarray:
         raise ValueError(f"{path}: cannot read HDF5 file: {exc}") from exc
     if volume.ndim != 3:
         raise ValueError(f"{path}: image has shape {volume.shape}, expected (D, H, W)")
+    check_finite(volume, path)
     return volume
 
 
@@ -176,8 +201,9 @@ def sitk_to_dhw(image, path: Path) -> np.ndarray:
     """A 3D one-component SimpleITK image -> (D, H, W) = (z, x, y) float32 (its array is (z, y, x))."""
     sitk = simpleitk()
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"{path}: expected a one-channel 3D volume, found {image.GetDimension()}D with "
-                         f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+        size = " x ".join(map(str, image.GetSize()))
+        raise ValueError(f"{path}: expected a one-channel 3D volume, found a {image.GetDimension()}D image of size "
+                         f"{size} with {image.GetNumberOfComponentsPerPixel()} component(s) per voxel")
     return np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(0, 2, 1))
 
 
@@ -193,7 +219,9 @@ def sitk_geometry(image) -> tuple[tuple[float, float, float], np.ndarray]:
 def read_sitk_volume(path: Path, self_contained: bool = False):
     """(volume (D, H, W) float32 = (z, x, y), the SimpleITK image for its geometry) of a .mha/.mhd/.nrrd file."""
     image = read_sitk_image(path, self_contained)
-    return sitk_to_dhw(image, path).astype(np.float32), image
+    volume = sitk_to_dhw(image, path).astype(np.float32)
+    check_finite(volume, path)
+    return volume, image
 
 
 def sitk_labels(labels: np.ndarray, reference):
@@ -241,15 +269,21 @@ def read_image(path: Path, mode: str | None = None, keep_modes: tuple[str, ...] 
     check_image_header(path)
     try:
         with Image.open(path) as img:
-            img.load()
-            if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing to do
-                img = ImageOps.exif_transpose(img)
-            if drop_alpha:
-                img = _without_alpha(img, path)
-            if mode is not None and img.mode != mode and img.mode not in keep_modes:
-                img = img.convert(mode)
-            return np.asarray(img)
+            # a camera's MPO JPEG holds previews after its picture: the first frame is the photo itself
+            frames = 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
+            if frames == 1:
+                img.load()
+                if img.getexif().get(EXIF_ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing to do
+                    img = ImageOps.exif_transpose(img)
+                if drop_alpha:
+                    img = _without_alpha(img, path)
+                if mode is not None and img.mode != mode and img.mode not in keep_modes:
+                    img = img.convert(mode)
+                return np.asarray(img)
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for empty, truncated, unknown files
         size = path.stat().st_size if path.exists() else None
         what = "empty file (0 bytes)" if size == 0 else f"{type(exc).__name__}: {exc}"
         raise ValueError(f"{path}: cannot read image: {what}") from exc
+    # a multi-page TIFF or an animated GIF: reading its first frame alone would lose the rest without a word
+    raise ValueError(f"{path}: holds {frames} frames (a multi-page or animated file); save each frame as its own "
+                     "image")

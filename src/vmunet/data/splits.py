@@ -152,6 +152,7 @@ def prepare_training_data(config: TrainConfig) -> TrainingData:
     colours = None
     if config.dataset == "isic":
         train = readers.IsicFolder(root, "train")
+        train.check_some_foreground()
         if not config.folds and (isic_has_test(root) or config.paper_selection):
             source = "the val/ folder" + (" (paper selection: also the reported split)" if not isic_has_test(root)
                                           else "")
@@ -182,6 +183,7 @@ def prepare_training_data(config: TrainConfig) -> TrainingData:
         from vmunet.data.folders import ClassFolder
 
         train = ClassFolder(root, "train", config.num_classes)
+        train.check_some_foreground()  # with labels.json too: the class count does not read the masks then
         num_classes, colours = train.num_classes, train.colours
         names = config.label_names or train.label_names
         if not config.folds and (isic_has_test(root) or config.paper_selection):

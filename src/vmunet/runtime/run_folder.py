@@ -164,7 +164,7 @@ def read_run_info(run_dir: str | Path) -> RunInfo:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a vmunet run folder (run.json missing)")
     try:
-        return RunInfo(**json.loads(read_text(path)))
+        return RunInfo(**json.loads(read_text(path, "JSON")))
     except (json.JSONDecodeError, TypeError) as error:
         raise ValueError(f"{path}: unreadable run description ({error})") from None
 
