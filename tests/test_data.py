@@ -19,9 +19,9 @@ from vmunet.data import (
     available_splits,
     check_labels,
     read_label_names,
-    save_prediction,
     train_transform,
 )
+from vmunet.runtime.writers import write_label_volume
 
 
 def _rgb(h, w, seed):
@@ -277,10 +277,10 @@ def test_nifti_errors_name_the_file(nnunet):
         NiftiVolumes(nnunet, subset="Ts")
 
 
-def test_save_prediction_round_trip(nnunet, tmp_path):
+def test_a_label_volume_written_on_its_image_grid_is_the_stored_label_file(nnunet, tmp_path):
     v = NiftiVolumes(nnunet)[0]
     out = tmp_path / "pred.nii.gz"
-    save_prediction(out, v["label"], v["affine"])
+    write_label_volume(out, v["label"], nib.load(nnunet / "imagesTr/la_001_0000.nii.gz"))
     written = nib.load(out)
     np.testing.assert_array_equal(np.asanyarray(written.dataobj),
                                   np.asanyarray(nib.load(nnunet / "labelsTr/la_001.nii.gz").dataobj))

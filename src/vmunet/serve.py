@@ -41,6 +41,7 @@ from vmunet.data.readers import (input_kind, output_stem, read_h5_volume, read_i
 from vmunet.inference import Ensemble, Prediction, Segmenter, load_predictor
 from vmunet.ops import use_backend
 from vmunet.ops.workspace import scan_workspace
+from vmunet.overlay import window_to_uint8
 from vmunet.predict import READ_ERRORS, _Job, _write_image_outputs, _write_volume_outputs
 
 __all__ = ["DEFAULT_MAX_UPLOAD_MB", "create_app", "make_server", "require_serve_extra", "serve"]
@@ -149,14 +150,6 @@ def class_statistics(labels: np.ndarray, names: list[str], num_classes: int,
     return rows
 
 
-def _window_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Display copy: the 0.5-99.5 percentile range of the whole array mapped to 0..255."""
-    array = np.asarray(array, np.float32)
-    low, high = np.percentile(array, [0.5, 99.5]) if array.size else (0.0, 1.0)
-    scaled = (array - low) / (high - low) if high > low else np.zeros_like(array)
-    return (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
-
-
 def _png_data_url(picture: np.ndarray) -> str:
     from PIL import Image
 
@@ -184,7 +177,7 @@ def _display_image(image: np.ndarray) -> np.ndarray:
         image = image[..., 0]
     if image.dtype == np.uint8:
         return image
-    return _window_to_uint8(image)
+    return window_to_uint8(image)
 
 
 def _parse_spacing(text: str | None) -> tuple[float, ...] | None:
@@ -382,7 +375,7 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
                 "spacing_mm": list(spacing_mm) if spacing_mm is not None else None,
                 "classes": class_statistics(labels, list(info.label_names), predictor.num_classes, spacing_mm)}
         if preview:
-            display = _display_image(data) if kind == "image" else _window_to_uint8(
+            display = _display_image(data) if kind == "image" else window_to_uint8(
                 data[..., 0] if data.ndim == 4 else data)
             body["preview"] = _preview(display, labels)
             body["mask"] = {"filename": download, "media_type": media,

@@ -225,6 +225,14 @@ def write_nifti(path: Path, data: np.ndarray, reference, intent: str | None = No
     atomic_write_bytes(path, lambda handle: handle.write(payload))
 
 
+def write_label_volume(path: Path, labels: np.ndarray, reference) -> None:
+    """A (D, H, W) label map (the readers' order: the stored last axis first) as a NIfTI label file in the stored
+    axis order, on ``reference``'s grid (the input's nibabel image; None: identity affine)."""
+    labels = np.asarray(labels)
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.int16
+    write_nifti(Path(path), np.ascontiguousarray(np.moveaxis(labels, 0, -1), dtype), reference, intent="label")
+
+
 def write_sitk(path: Path, image) -> None:
     """Write a SimpleITK image in the format of ``path``'s ending (.mha, .mhd + its .zraw, .nrrd, .nii.gz):
     written into a temporary folder beside it and moved into place, the data file before the header."""
