@@ -21,7 +21,6 @@ concurrently. Every upload goes to a temporary folder removed when its request e
 
 import base64
 import hmac
-import inspect
 import io
 import logging
 import re
@@ -52,12 +51,6 @@ DEFAULT_MAX_UPLOAD_MB = 512.0
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 EXTRA_HINT = "vmunet serve needs the 'serve' extra (FastAPI, uvicorn, python-multipart): pip install 'vmunet[serve]'"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _writer_info(predictor: Segmenter) -> dict:
-    """predict's image writer takes the run's info where it writes per-dataset PNGs (palette masks of colour-mask
-    datasets): pass it whenever the writer accepts it, so that serve writes what predict writes."""
-    return {"info": predictor.info} if "info" in inspect.signature(_write_image_outputs).parameters else {}
 
 
 def require_serve_extra() -> None:
@@ -356,7 +349,7 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
         if kind == "image":
             job = _Job(path, kind, out_dir / f"{stem}.png", stem)
             _write_image_outputs(job, data, prediction, predictor.num_classes, out_dir, overlay=False,
-                                 save_probabilities=False, **_writer_info(predictor))
+                                 save_probabilities=False, info=predictor.info)
             media, download = "image/png", f"{stem}_mask.png"
         else:  # the labels in the input's format, as vmunet predict writes them
             suffix = Path(name).suffix.lower() if kind == "sitk" else (

@@ -202,10 +202,6 @@ def write_png(path: Path, picture) -> None:
     atomic_write_bytes(path, lambda handle: picture.save(handle, format="PNG"))
 
 
-def write_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write_bytes(path, lambda handle: np.save(handle, array))
-
-
 def write_nifti(path: Path, data: np.ndarray, reference, intent: str | None = None, compresslevel: int = 6) -> None:
     """Write ``data`` (stored axis order) with ``reference``'s affine and header (None: identity affine)."""
     import nibabel as nib
