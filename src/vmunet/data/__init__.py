@@ -2,7 +2,8 @@
 
 2D sample: ``{"image": float32 (H, W, C), "label": int64 (H, W), "case_id": str}``.
 Volume: ``{"image": float32 (D, H, W), "label": int64 (D, H, W) or None, "case_id": str,
-"spacing": (sz, sy, sx) or None, "affine": (4, 4) or None}``.
+"spacing": (sz, sx, sy) or None, "affine": (4, 4) or None}``: the spacing per axis of the arrays, (D, H, W) = stored
+(z, x, y), as the readers return it and the metrics (HD95, NSD) take it.
 """
 
 from vmunet.data.checks import check_labels, check_same_shape

@@ -187,7 +187,8 @@ def read_header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, f
         except RuntimeError as exc:
             raise ValueError(f"{path}: cannot read image header: {str(exc).strip().splitlines()[-1]}") from None
         x, y, z = (tuple(reader.GetSize()) + (1,))[:3]
-        return (z, x, y), (1.0, 1.0, 1.0), np.eye(4)
+        sx, sy, sz = (tuple(float(s) for s in reader.GetSpacing()) + (1.0,))[:3]
+        return (z, x, y), (sz, sx, sy), np.eye(4)
     if not name.endswith((".nii", ".nii.gz")):
         from PIL import Image
 
