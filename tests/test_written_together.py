@@ -32,7 +32,13 @@ def fail_on_publishing(monkeypatch, failing_call: int):
     return calls
 
 
-def test_a_failure_mid_publish_restores_every_previous_file_and_leaves_nothing_new(tmp_path, monkeypatch):
+@pytest.mark.parametrize("links", ["hard links", "no hard links"])
+def test_a_failure_mid_publish_restores_every_previous_file_and_leaves_nothing_new(tmp_path, monkeypatch, links):
+    if links == "no hard links":  # a file system without them (some network and FUSE mounts): copies are kept
+        def no_link(source, destination):
+            raise OSError(1, "Operation not permitted")
+
+        monkeypatch.setattr(writers.os, "link", no_link)
     for name in NAMES[:2]:
         (tmp_path / name).write_text(f"old {name}")
     (tmp_path / "mine.txt").write_text("the user's")
