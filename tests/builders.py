@@ -145,3 +145,39 @@ def make_nnunet(root: Path, train_cases=4, test_cases=2, shape=(40, 32, 3), seed
 # Decode a child's output as UTF-8 whatever the locale (a C/POSIX locale decodes as ASCII, and torchrun's or
 # torch's messages may hold non-ASCII bytes): subprocess keyword arguments in place of text=True.
 UTF8_TEXT = {"encoding": "utf-8", "errors": "replace"}
+
+# Waits in tests are for events (a line printed, a file written); this limit is only there so that a broken
+# program cannot hang the suite: far above what any loaded machine needs, never a measure of speed.
+HANG_LIMIT_S = 900
+
+
+def read_until(process, prefix: str, limit_s: float = HANG_LIMIT_S) -> list[str]:
+    """Read ``process``'s stdout lines up to the first that starts with ``prefix``; the lines read. A process
+    that ends first, or prints nothing for ``limit_s`` (then killed), fails the test with its last lines."""
+    import threading
+
+    watchdog = threading.Timer(limit_s, process.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith(prefix):
+                return lines
+    finally:
+        watchdog.cancel()
+    raise AssertionError(f"the process ended (status {process.wait()}) before printing {prefix!r}; its last "
+                         f"lines: {''.join(lines)[-2000:]}")
+
+
+def wait_for(condition, what: str, limit_s: float = HANG_LIMIT_S, process=None) -> None:
+    """Poll ``condition()`` until it holds (an event: a file written); fail naming ``what`` if ``process`` ends
+    first or ``limit_s`` passes."""
+    import time
+
+    deadline = time.monotonic() + limit_s
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the process ended (status {process.returncode}) before {what}")
+        assert time.monotonic() < deadline, f"no {what} within {limit_s:.0f} s"
+        time.sleep(0.05)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import vmunet.cli as cli
-from builders import UTF8_TEXT, make_isic
+from builders import HANG_LIMIT_S, UTF8_TEXT, make_isic, read_until
 
 COMMANDS = {"train", "evaluate", "cv", "predict", "export", "serve", "demo", "forward", "info"}
 
@@ -18,14 +18,39 @@ def commands(parser: argparse.ArgumentParser) -> set[str]:
     return set(sub.choices)
 
 
-def test_every_command_is_there_and_a_broken_import_fails_loudly(monkeypatch, capsys):
-    """cli.py used to swallow an ImportError of cli_apply, and predict/export then vanished ("invalid choice")."""
-    monkeypatch.setitem(sys.modules, "vmunet.cli_apply", None)  # the old home of predict/export: unimportable
+# Each command's own module, imported when the command runs; the argv reaches that import first.
+COMMAND_MODULES = [
+    (["predict", "--run-dir", "run", "image.png", "--out", "out"], "vmunet.predict"),
+    (["evaluate", "--run-dir", "run"], "vmunet.evaluate"),
+    (["cv", "run0", "run1", "--out", "out"], "vmunet.cv"),
+    (["serve", "--run-dir", "run"], "vmunet.serve"),
+    (["demo", "--quick"], "vmunet.demo"),
+    (["info", "--model", "vmunet-tiny"], "vmunet.model_info"),
+]
+
+
+@pytest.mark.parametrize("argv, module", COMMAND_MODULES, ids=[argv[0] for argv, _ in COMMAND_MODULES])
+def test_every_command_is_there_and_a_broken_import_fails_loudly(monkeypatch, capsys, argv, module):
+    """cli.py used to swallow an ImportError of the module behind predict/export, which then vanished ("invalid
+    choice"): with the module unimportable, the command is still listed and running it is one error naming it."""
+    monkeypatch.setitem(sys.modules, module, None)  # unimportable: `import` raises ImportError
     assert commands(cli.build_parser()) == COMMANDS
-    monkeypatch.setitem(sys.modules, "vmunet.predict", None)  # a broken module behind a command
-    code = cli.main(["predict", "--run-dir", "run", "image.png", "--out", "out"])
+    code = cli.main(argv)
     err = capsys.readouterr().err
-    assert code == 2 and "vmunet predict: error:" in err and "vmunet.predict" in err
+    assert code == 2 and f"vmunet {argv[0]}: error:" in err and module in err, err
+
+
+@pytest.mark.parametrize("module", ["vmunet.export", "vmunet.train", "vmunet.ops"])
+def test_a_broken_module_the_parser_or_main_needs_stops_every_command_loudly(monkeypatch, module):
+    """export's formats, train's error class and the scan backends are read before any command runs."""
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=module.replace(".", r"\.")):
+        cli.main(["info", "--model", "vmunet-tiny"])
+
+
+def test_the_command_table_covers_every_command():
+    named = {argv[0] for argv, _ in COMMAND_MODULES}
+    assert named | {"train", "export", "forward"} == COMMANDS  # those three: the test above and test_forward_*
 
 
 def test_forward_prints_shapes_and_time(capsys):
@@ -47,11 +72,9 @@ def test_ctrl_c_during_training_exits_130_and_says_how_to_resume(tmp_path):
                "--run-dir", str(tmp_path / "run")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **UTF8_TEXT)
     try:
-        for line in process.stdout:  # the first epoch line: the command is inside its try block
-            if line.startswith("epoch 1/"):
-                break
+        read_until(process, "epoch 1/")  # the event: the first epoch is done and the command is in its try block
         process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=HANG_LIMIT_S)  # a hang guard only: the exit is the event
     finally:
         if process.poll() is None:
             process.kill()

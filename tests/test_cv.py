@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,11 +14,12 @@ from PIL import Image
 from builders import ThresholdModel, make_isic, make_nnunet, make_synapse
 from vmunet.cli import main
 from vmunet.config import TrainConfig
-from vmunet.cv import cross_validate
+from vmunet.cv import OUTPUTS, cross_validate
 from vmunet.data.splits import (assign_folds, case_names, evaluation_cases, prepare_training_data, training_cases,
                                 volume_id)
 from vmunet.inference import Prediction
 from vmunet.postprocessing import (Postprocessing, apply_postprocessing, choose_postprocessing, load_postprocessing)
+from vmunet.runtime import writers
 from vmunet.runtime.run_folder import RunInfo, read_run_info, read_split, write_config, write_run_info
 from vmunet.train import record_split
 
@@ -204,6 +206,48 @@ def test_cv_end_to_end_writes_per_case_summary_and_postprocessing(fold_runs, tmp
     assert {"dice", "iou", "hd95"} <= set(summary["metrics"])
     spec = load_postprocessing(out / "postprocessing.json")
     assert spec.num_classes == 1 and set(spec.classes) <= {1}
+
+
+def fold_loader(fail_at_fold: int | None = None):
+    def load(run_dir):
+        fold = int(yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["fold"])
+        if fold == fail_at_fold:
+            raise RuntimeError(f"fold {fold} cannot be loaded")
+        return RecordingPredictor(fold, {})
+    return load
+
+
+def folder_contents(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()} if folder.exists() else {}
+
+
+@pytest.mark.parametrize("when", ["mid-run", "mid-publish"])
+@pytest.mark.parametrize("before", ["no outputs", "a previous cv's"])
+def test_a_failing_cv_leaves_none_of_its_outputs_and_the_previous_ones_intact(fold_runs, tmp_path, monkeypatch,
+                                                                               when, before):
+    out = tmp_path / "cv"
+    quiet = {"progress": False, "echo": lambda *_: None}
+    if before == "a previous cv's":
+        cross_validate(fold_runs, out, load_predictor=fold_loader(), **quiet)
+        for name in OUTPUTS:  # mark them, to tell them from a rerun's equal files
+            (out / name).write_bytes((out / name).read_bytes() + b"\n")
+    was = folder_contents(out)
+    load = fold_loader()
+    if when == "mid-run":
+        load = fold_loader(fail_at_fold=1)  # fold 0 predicted, then a failure
+    else:
+        real, moves = os.replace, []
+
+        def replace(source, destination):  # the second file's move into place fails
+            moves.append(destination)
+            if len(moves) == 2:
+                raise OSError(28, "No space left on device")
+            return real(source, destination)
+
+        monkeypatch.setattr(writers.os, "replace", replace)
+    with pytest.raises((RuntimeError, OSError)):
+        cross_validate(fold_runs, out, load_predictor=load, **quiet)
+    assert folder_contents(out) == was
 
 
 def copy_run(run: Path, to: Path, **config_changes) -> Path:

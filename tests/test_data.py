@@ -19,9 +19,9 @@ from vmunet.data import (
     available_splits,
     check_labels,
     read_label_names,
-    save_prediction,
     train_transform,
 )
+from vmunet.runtime.writers import write_label_volume
 
 
 def _rgb(h, w, seed):
@@ -277,10 +277,10 @@ def test_nifti_errors_name_the_file(nnunet):
         NiftiVolumes(nnunet, subset="Ts")
 
 
-def test_save_prediction_round_trip(nnunet, tmp_path):
+def test_a_label_volume_written_on_its_image_grid_is_the_stored_label_file(nnunet, tmp_path):
     v = NiftiVolumes(nnunet)[0]
     out = tmp_path / "pred.nii.gz"
-    save_prediction(out, v["label"], v["affine"])
+    write_label_volume(out, v["label"], nib.load(nnunet / "imagesTr/la_001_0000.nii.gz"))
     written = nib.load(out)
     np.testing.assert_array_equal(np.asanyarray(written.dataobj),
                                   np.asanyarray(nib.load(nnunet / "labelsTr/la_001.nii.gz").dataobj))
@@ -328,3 +328,32 @@ def test_dataset_deterministic_whatever_the_workers():
     assert not torch.equal(_epoch(torch.utils.data.DataLoader(other_seed, batch_size=8))[0], epoch1[0])
     with pytest.raises(ValueError, match="no samples"):
         SegmentationDataset([], data.transform)
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".mha"])
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_a_volumes_spacing_follows_its_array_axes_so_hd95_is_in_mm(tmp_path, ending, axis):
+    """Voxels of 0.5 x 1.5 x 4 mm (stored x, y, z); a prediction shifted by 2 voxels along one array axis of
+    (D, H, W) = (z, x, y) is 2 x that axis's voxel size away: HD95 in mm through the reader's spacing."""
+    from vmunet.data.nifti import read_case_file, read_header
+    from vmunet.evaluate import case_metrics
+
+    stored_spacing = (0.5, 1.5, 4.0)
+    truth_xyz = np.zeros((20, 18, 16), np.uint8)
+    truth_xyz[6:12, 5:11, 4:10] = 1
+    path = tmp_path / f"labelsTr/case{ending}"
+    path.parent.mkdir()
+    if ending == ".mha":
+        import SimpleITK as sitk
+
+        image = sitk.GetImageFromArray(truth_xyz.transpose(2, 1, 0))  # SimpleITK arrays are (z, y, x)
+        image.SetSpacing(stored_spacing)
+        sitk.WriteImage(image, str(path))
+    else:
+        nib.save(nib.Nifti1Image(truth_xyz, np.diag([*stored_spacing, 1.0])), str(path))
+    volume, spacing, _ = read_case_file(path, mask=True)
+    assert spacing == (4.0, 0.5, 1.5) and read_header(path)[1] == spacing  # (sz, sx, sy)
+    prediction = np.roll(volume, 2, axis=axis)
+    row = case_metrics("volumes", prediction, {"label": volume.astype(np.int64), "spacing": spacing,
+                                               "case_id": "case"}, 1, 1.0)
+    assert row["hd95"][0] == pytest.approx(2 * spacing[axis])

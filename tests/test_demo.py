@@ -140,6 +140,13 @@ def test_demo_quick_end_to_end(tmp_path):
     assert (run_dir / "eval" / "per_case.csv").read_text().count("\n") == len(demo.TEST_SLABS) + 2
     assert sorted(p.name for p in (run_dir / "overlays").glob("*.png")) == [
         f"slice_{(a + b) // 2:03d}.png" for a, b in demo.TEST_SLABS]
+    from PIL import Image
+
+    from vmunet.overlay import PALETTE
+
+    for figure in (run_dir / "overlays").glob("*.png"):  # a legend swatch for grey and for white matter
+        pixels = np.asarray(Image.open(figure).convert("RGB"))
+        assert all(np.all(pixels == PALETTE[k], axis=-1).sum() >= 50 for k in (1, 2)), figure.name
     prediction = nib.load(run_dir / "prediction.nii.gz")
     template = demo.load_template()
     assert prediction.shape == template.full_shape

@@ -6,12 +6,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from builders import UTF8_TEXT, make_isic
+from builders import HANG_LIMIT_S, UTF8_TEXT, make_isic, read_until
 from vmunet.runtime.distributed import EpochSampler
 from vmunet.runtime.run_folder import load_checkpoint
 
@@ -19,7 +18,7 @@ COMMON = ["--preset", "isic18", "--model", "vmunet-tiny", "--image-size", "32", 
           "--set", "drop_path_rate=0.0", "--set", "t_max=2"]
 
 
-def run(command, timeout=240):
+def run(command, timeout=HANG_LIMIT_S):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(command, capture_output=True, **UTF8_TEXT, timeout=timeout, env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -78,16 +77,15 @@ def test_a_killed_rank_fails_the_job_instead_of_hanging(tmp_path):
                             "--run-dir", str(tmp_path / "run"), "--batch-size", "2", *COMMON[:-2], "--epochs", "50"]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **UTF8_TEXT,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
-    children = []
-    deadline = time.time() + 120
-    while time.time() < deadline and len(children) < 2:
-        time.sleep(0.5)
-        listed = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, **UTF8_TEXT).stdout.split()
-        children = [int(pid) for pid in listed]
-    assert len(children) == 2, "torchrun did not start two workers"
-    time.sleep(3)  # inside training
-    os.kill(children[1], signal.SIGKILL)
-    _, err = launcher.communicate(timeout=120)  # no hang: torchrun stops the other rank and fails
+    try:
+        read_until(launcher, "epoch 1/")  # the event: both ranks are training (their first epoch is done)
+        children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, **UTF8_TEXT).stdout.split()
+        assert len(children) == 2, f"torchrun runs {len(children)} workers, not 2"
+        os.kill(int(children[1]), signal.SIGKILL)
+        _, err = launcher.communicate(timeout=HANG_LIMIT_S)  # no hang: torchrun stops the other rank and fails
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
     assert launcher.returncode != 0
     assert "SIGKILL" in err and "Root Cause" in err
 

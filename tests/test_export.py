@@ -13,12 +13,12 @@ from vmunet.export import (export_model, export_onnx, export_scan, exported_max_
                            prepare_model)
 from vmunet.models import create_model
 from vmunet.ops import selective_scan
-from vmunet.ops.scan_export import selective_scan_export
+from vmunet.ops.scan_export import dividing_chunk_length, selective_scan_export
 
 SIZE = (32, 64)  # non-square, so that rows and columns cannot be confused; small for speed
 
 
-@pytest.mark.parametrize("length", [1, 7, 49, 96, 256])
+@pytest.mark.parametrize("length", [0, 1, 7, 49, 96, 256])
 def test_export_scan_matches_reference(length):
     g = torch.Generator().manual_seed(length)
     u, delta, z = (torch.randn(2, 8, length, generator=g, dtype=torch.float64) for _ in range(3))
@@ -31,6 +31,18 @@ def test_export_scan_matches_reference(length):
     torch.testing.assert_close(out, out_ref, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(last, last_ref, rtol=1e-9, atol=1e-9)
 
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 12, 49, 96, 97, 256, 1024])
+def test_chunk_length_divides_l_nearest_above_its_square_root(length):
+    T = dividing_chunk_length(length)
+    assert length % T == 0 and T * T >= length
+    assert not [t for t in range(1, T) if length % t == 0 and t * t >= length]  # the nearest such divisor
+
+
+def test_chunk_length_of_an_empty_scan_is_an_error_not_a_division_by_zero():
+    with pytest.raises(ValueError, match="length 0"):
+        dividing_chunk_length(0)
 
 def test_onnx_matches_pytorch_in_onnxruntime(tmp_path):
     import onnx

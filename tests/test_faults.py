@@ -4,12 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from builders import UTF8_TEXT, make_isic
+from builders import HANG_LIMIT_S, UTF8_TEXT, make_isic, wait_for
 from vmunet.cli import main
 from vmunet.runtime.run_folder import load_checkpoint, save_checkpoint
 
@@ -140,17 +139,17 @@ def train_command(data, run_dir, epochs, *extra):
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(isic, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
-    subprocess.run(train_command(isic, full, 3), check=True, capture_output=True, env=env, timeout=300)
+    subprocess.run(train_command(isic, full, 3), check=True, capture_output=True, env=env, timeout=HANG_LIMIT_S)
     process = subprocess.Popen(train_command(isic, killed, 3), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env=env)
     history = killed / "history.csv"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (history.is_file() and len(history.read_text().splitlines()) >= 2):
-        time.sleep(0.05)
+    wait_for(lambda: history.is_file() and len(history.read_text().splitlines()) >= 2, "epoch 1 in history.csv",
+             process=process)
     process.send_signal(signal.SIGKILL)  # somewhere in epoch 2 (or while writing its files)
     process.wait()
     assert load_checkpoint(killed / "checkpoints" / "last.pt")["epoch"] in (1, 2)  # readable, never torn
-    subprocess.run(train_command(isic, killed, 3, "--resume"), check=True, capture_output=True, env=env, timeout=300)
+    subprocess.run(train_command(isic, killed, 3, "--resume"), check=True, capture_output=True, env=env,
+                   timeout=HANG_LIMIT_S)
     a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(killed / "checkpoints" / "last.pt")["model"]
     for key in a:

@@ -6,14 +6,13 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 from PIL import Image
 
-from builders import UTF8_TEXT, make_isic
+from builders import HANG_LIMIT_S, UTF8_TEXT, make_isic, wait_for
 from vmunet.cli import main
 from vmunet.runtime.run_folder import load_checkpoint
 from vmunet.runtime.writers import write_text_atomic
@@ -103,10 +102,7 @@ def test_a_second_training_in_a_running_run_folder_fails_at_once_and_a_killed_ru
     first = subprocess.Popen(train_command(data, run_dir, "--epochs", "200", "--set", "t_max=2"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (run_dir / "checkpoints" / "last.pt").is_file():
-            time.sleep(0.05)
-        assert first.poll() is None, "the first training ended early"
+        wait_for((run_dir / "checkpoints" / "last.pt").is_file, "first checkpoint", process=first)
         config_before = (run_dir / "config.yaml").read_bytes()
         code, err, _ = run_cli(capsys, "train", *TINY, "--epochs", "1", "--data", data, "--run-dir", run_dir)
         assert code == 2 and "another training is running in this run folder" in err and "\n" not in err
@@ -127,7 +123,7 @@ def test_resume_without_epochs_keeps_the_saved_epoch_count(capsys, trained):
     config_before = (run_dir / "config.yaml").read_text()
     # a subprocess with a timeout: the old behaviour trained on to 300 epochs
     result = subprocess.run([sys.executable, "-m", "vmunet", "train", "--run-dir", str(run_dir), "--resume",
-                             "--no-progress"], capture_output=True, **UTF8_TEXT, env=ENV, timeout=120)
+                             "--no-progress"], capture_output=True, **UTF8_TEXT, env=ENV, timeout=HANG_LIMIT_S)
     assert result.returncode == 0, result.stderr
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["epochs"] == 2
     assert yaml.safe_load(config_before)["epochs"] == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import UTF8_TEXT
+from builders import HANG_LIMIT_S, UTF8_TEXT
 
 import vmunet.ops as ops
 from vmunet.ops import scan_numba, selective_scan, selective_scan_ref
@@ -234,7 +234,7 @@ def test_autograd_keeps_no_per_state_tensor():
 
 
 def _run_python(code, env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, **UTF8_TEXT, timeout=300,
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, **UTF8_TEXT, timeout=HANG_LIMIT_S,
                           env={**os.environ, **env})
 
 

@@ -27,7 +27,7 @@ with warnings.catch_warnings():  # starlette's note that it prefers httpx2 to ht
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
-from builders import blob_image  # noqa: E402
+from builders import HANG_LIMIT_S, blob_image  # noqa: E402
 from test_predict import make_run, write_nifti  # noqa: E402
 from vmunet.cli import main  # noqa: E402
 from vmunet.predict import predict_paths  # noqa: E402
@@ -303,7 +303,7 @@ def live_server(binary_run, uploads):
                          log_level="warning")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + HANG_LIMIT_S
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.05)
@@ -319,7 +319,7 @@ def http_post(url: str, name: str, data: bytes) -> bytes:
     request = urllib.request.Request(url + "/predict", data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}",
                                               "Authorization": f"Bearer {TOKEN}"})
-    with urllib.request.urlopen(request, timeout=60) as response:
+    with urllib.request.urlopen(request, timeout=HANG_LIMIT_S) as response:
         return response.read()
 
 
@@ -411,7 +411,7 @@ def test_page_in_headless_chromium(live_server, binary_run, tmp_path):
         assert link.get_attribute("download") == "lesion_mask.png"
         link.click()
         target = downloads / "lesion_mask.png"
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + HANG_LIMIT_S
         while not target.is_file() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert target.is_file(), f"no download in {list(downloads.iterdir())}"

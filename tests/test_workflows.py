@@ -67,19 +67,15 @@ def test_pretrained_encoder_through_train(isic, tmp_path, capsys):
             - source["layers.0.blocks.0.self_attention.in_proj.weight"]).abs().max() < 1e-3
 
 
-def test_paper_selection_selects_on_the_reported_split(isic, tmp_path, capsys):
+def test_paper_settings_select_on_the_reported_split_and_decay_every_parameter(isic, tmp_path, capsys):
+    """The paper's run (--paper-selection, paper_weight_decay) against ours, end to end: the split selected on,
+    and the optimizer's groups in the checkpoint (which parameters: test_train.py's parameter_groups test)."""
     _, out = train_cli(capsys, "--preset", "isic18", *TINY, "--data", str(isic), "--epochs", "1",
-                       "--paper-selection", "--run-dir", str(tmp_path / "paper"))
+                       "--paper-selection", "--set", "paper_weight_decay=true", "--run-dir", str(tmp_path / "paper"))
     assert "selecting on 3 (the val/ folder (paper selection: also the reported split))" in out
     _, out = train_cli(capsys, "--preset", "isic18", *TINY, "--data", str(isic), "--epochs", "1",
                        "--run-dir", str(tmp_path / "ours"))
     assert "training on 7 samples, selecting on 1 (1 images held out of train/" in out
-
-
-def test_paper_weight_decay_decays_everything_in_one_group(isic, tmp_path, capsys):
-    common = ["--preset", "isic18", *TINY, "--data", str(isic), "--epochs", "1", "--set", "max_steps_per_epoch=1"]
-    train_cli(capsys, *common, "--set", "paper_weight_decay=true", "--run-dir", str(tmp_path / "paper"))
-    train_cli(capsys, *common, "--run-dir", str(tmp_path / "ours"))
     paper = load_checkpoint(tmp_path / "paper" / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     ours = load_checkpoint(tmp_path / "ours" / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     assert [g["weight_decay"] for g in paper] == [0.01]

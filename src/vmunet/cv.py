@@ -25,10 +25,8 @@ import csv
 import io
 import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ from vmunet.config import TrainConfig, config_from_dict
 from vmunet.ops.workspace import scan_workspace
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, read_config_dict, read_run_info, read_split
+from vmunet.runtime.writers import publish_together
 
 OUTPUTS = ("per_case.csv", "summary.json", "postprocessing.json")
 
@@ -214,20 +213,13 @@ def per_case_csv(rows: list[dict], class_names: list[str]) -> str:
 
 
 def write_outputs(out_dir: Path, files: dict[str, str]) -> None:
-    """Write every file into a temporary folder inside ``out_dir``, then move them into place together: a
-    failure leaves none of them (and the previous ones, if any, untouched)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".cv-", dir=out_dir))
-    try:
-        for name, text in files.items():
-            with open(staging / name, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-        for name in files:
-            os.replace(staging / name, out_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    """Write every file, all of them or none (the previous ones, if any, kept as they were)."""
+    publish_together(out_dir, {name: partial(write_text, text=text) for name, text in files.items()})
+
+
+def write_text(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def check_out_dir(out_dir: Path) -> None:

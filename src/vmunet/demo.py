@@ -263,7 +263,7 @@ def run_demo(run_dir: str | Path = "vmunet-demo", quick: bool = False, progress:
     labels = predict_volume_labels(model, info, with_context(test_volume))
     write_prediction_nifti(run_dir / "prediction.nii.gz", labels, template)
     overlays = write_triptychs(run_dir / "overlays", test_volume, template.labels, labels,
-                               [(a + b) // 2 for a, b in TEST_SLABS])
+                               [(a + b) // 2 for a, b in TEST_SLABS], LABEL_NAMES)
     summary = {"mean_dice": evaluation["summary"]["mean_dice"], "threshold_baseline_mean_dice":
                baseline["mean_dice"], "best_epoch": result.best_epoch,
                "seconds": round(time.perf_counter() - started, 1), "overlays": [str(p) for p in overlays],

@@ -19,7 +19,6 @@ folder is the ensemble's), and ``summary.json`` lists the members with their che
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from vmunet.config import config_from_dict
@@ -28,7 +27,7 @@ from vmunet.ops.workspace import scan_workspace
 from vmunet.postprocessing import Postprocessing, apply_postprocessing, load_for_run
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_config_dict
-from vmunet.runtime.writers import check_output_folder, write_text_atomic
+from vmunet.runtime.writers import check_output_folder, publish_together
 
 
 def case_metrics(kind: str, pred, case: dict, num_classes: int, nsd_tolerance_mm: float) -> dict:
@@ -120,12 +119,13 @@ def write_evaluation(run_dir: str | Path, evaluation: dict, eval_dir: str | Path
     from vmunet import metrics
 
     eval_dir = Path(run_dir) / "eval" if eval_dir is None else Path(eval_dir)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(eval_dir / "summary.json", json.dumps(evaluation["summary"], indent=2, default=float) + "\n")
-    partial = eval_dir / ".per_case.csv.tmp"
+    summary = json.dumps(evaluation["summary"], indent=2, default=float) + "\n"
     write_rows = evaluation.get("write_per_case_csv", metrics.write_per_case_csv)  # the polyp protocol: its own
-    write_rows(partial, evaluation["rows"], evaluation["class_names"])
-    os.replace(partial, eval_dir / "per_case.csv")
+    # a staging folder of its own per call: two evaluations into one folder never share a temporary file, and
+    # the summary and the table published are always one evaluation's
+    publish_together(eval_dir, {"summary.json": lambda path: path.write_text(summary, encoding="utf-8"),
+                                "per_case.csv": lambda path: write_rows(path, evaluation["rows"],
+                                                                        evaluation["class_names"])})
 
 
 def evaluate(run_dir: str | Path | list[str | Path], data_dir: str | Path | None = None, split: str = "test",

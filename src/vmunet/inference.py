@@ -36,32 +36,24 @@ from vmunet.data.readers import (LUMA, input_kind, output_stem, read_h5_volume, 
                                  read_nifti_volume, read_sitk_volume)
 from vmunet.data.transforms import eval_transform, resize_to
 from vmunet.models import VMUNet, logits_to_probabilities
-from vmunet.runtime.device import autocast, resolve_device
+from vmunet.runtime.device import resolve_device
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_run_info, resolve_checkpoint
 
 
 @torch.no_grad()
-def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, out_size: tuple[int, int] | None = None,
-                          batch_size: int = 8, device: torch.device | None = None, amp: bool = False,
-                          tta: bool = False) -> torch.Tensor:
-    """(N, C, S, S) network-size inputs -> (N, K, H, W) float32 probabilities on the CPU.
-
-    ``out_size`` resizes the probabilities (bilinear) back to the original image size, so that metrics
-    and masks are computed at the image's resolution, not the network's. ``tta`` averages the flips
-    (not part of the paper protocol).
-    """
+def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 8,
+                          device: torch.device | None = None, tta: bool = False) -> torch.Tensor:
+    """(N, C, S, S) network-size inputs -> (N, K, S, S) float32 probabilities on the CPU, in batches of
+    ``batch_size``. ``tta`` averages the flips (not part of the paper protocol)."""
     device = device or next(model.parameters()).device
     outputs = []
     for start in range(0, images.shape[0], batch_size):
         batch = images[start:start + batch_size].to(device)
-        with autocast(device, amp):
-            probs = logits_to_probabilities(model(batch).float())
-            if tta:
-                for dims in ((3,), (2,), (2, 3)):
-                    probs = probs + logits_to_probabilities(model(batch.flip(dims)).float()).flip(dims)
-                probs = probs / 4
-        if out_size is not None:
-            probs = resize_to(probs, out_size)  # the same resize as `vmunet predict`
+        probs = logits_to_probabilities(model(batch).float())
+        if tta:
+            for dims in ((3,), (2,), (2, 3)):
+                probs = probs + logits_to_probabilities(model(batch.flip(dims)).float()).flip(dims)
+            probs = probs / 4
         outputs.append(probs.float().cpu())
     return torch.cat(outputs)
 
@@ -249,15 +241,6 @@ class Predictor(Segmenter):
     def slice_probabilities(self, slices: np.ndarray) -> torch.Tensor:
         batch = torch.stack([self.network_input(s) for s in slices])  # (n, C, S, S)
         return resize_to(self._network_probabilities(batch), tuple(slices.shape[1:3]))  # (n, K, H, W)
-
-    def predict_inputs(self, inputs: Sequence[torch.Tensor], sizes: Sequence[tuple[int, int]]) -> list[Prediction]:
-        """``network_input`` tensors (C, S, S) and the original (H, W) of each -> predictions at those sizes."""
-        probs = self._network_probabilities(torch.stack(list(inputs)))  # (N, K, S, S)
-        results = []
-        for p, size in zip(probs, sizes):
-            p = resize_to(p, tuple(size))  # (K, H, W), bilinear on probabilities
-            results.append(Prediction(probabilities_to_labels(p[None])[0].numpy(), p.numpy()))
-        return results
 
     def check_image(self, image: np.ndarray) -> None:
         """Raise ValueError, naming the shape, when ``image`` cannot be fed to this model."""

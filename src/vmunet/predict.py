@@ -28,7 +28,7 @@ from vmunet.postprocessing import load_for_run, postprocess_prediction
 from vmunet.runtime.dicom_seg import highdicom, write_dicom_seg
 from vmunet.runtime.run_folder import run_folder_files
 from vmunet.runtime.writers import (atomic_write_bytes, check_output_folder, index_png, mask_png,
-                                   refuse_overwriting, write_nifti, write_png, write_sitk)
+                                   refuse_overwriting, write_label_volume, write_png, write_sitk)
 
 __all__ = ["Ensemble", "PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files",
            "plan_outputs", "predict_paths", "probabilities_file", "run_folders"]
@@ -409,8 +409,7 @@ def _write_volume_outputs(job: _Job, volume: np.ndarray, reference, prediction: 
         return
     if overlay:
         _write_overlays(out_dir, stem, volume, labels)
-    dtype = np.uint8 if labels.max(initial=0) < 256 else np.int16
-    write_nifti(job.output, np.ascontiguousarray(np.moveaxis(labels, 0, -1), dtype), reference, intent="label")
+    write_label_volume(job.output, labels, reference)
 
 
 def stored_order(kind: str, probabilities: np.ndarray) -> np.ndarray:
@@ -439,8 +438,9 @@ def write_probabilities(path: Path, probabilities: np.ndarray, num_classes: int)
 def _write_overlays(out_dir: Path, stem: str, volume: np.ndarray, labels: np.ndarray) -> None:
     from PIL import Image
 
-    from vmunet.overlay import contour_overlay, representative_slices
+    from vmunet.overlay import contour_overlay, representative_slices, window_to_uint8
 
+    display = window_to_uint8(volume[..., 0] if volume.ndim == 4 else volume)  # (D, H, W): windowed whole
     for z in representative_slices(labels):
-        write_png(out_dir / "overlays" / f"{stem}_slice{z:03d}.png",
-                  Image.fromarray(contour_overlay(volume[z, ..., 0] if volume.ndim == 4 else volume[z], labels[z])))
+        write_png(out_dir / "overlays" / f"{stem}_slice{z:03d}.png", Image.fromarray(contour_overlay(display[z],
+                                                                                                     labels[z])))

@@ -33,7 +33,6 @@ order a request meets it:
 """
 
 import base64
-import inspect
 import io
 import logging
 import re
@@ -58,6 +57,7 @@ from vmunet.runtime.http_guards import (LOOPBACK_HOST_NAMES, WILDCARD, HostCheck
                                         allowed_host_names, check_token)
 from vmunet.ops import use_backend
 from vmunet.ops.workspace import scan_workspace
+from vmunet.overlay import window_to_uint8
 from vmunet.predict import READ_ERRORS, _Job, _write_image_outputs, _write_volume_outputs
 
 __all__ = ["DEFAULT_MAX_UPLOAD_MB", "SERVE_MAX_VOXELS", "check_token", "create_app", "make_server",
@@ -75,12 +75,6 @@ MAX_NAME = 100  # characters of an upload's file name kept (a longer one is shor
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 EXTRA_HINT = "vmunet serve needs the 'serve' extra (FastAPI, uvicorn, python-multipart): pip install 'vmunet[serve]'"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def _writer_info(predictor: Segmenter) -> dict:
-    """predict's image writer takes the run's info where it writes per-dataset PNGs (palette masks of colour-mask
-    datasets): pass it whenever the writer accepts it, so that serve writes what predict writes."""
-    return {"info": predictor.info} if "info" in inspect.signature(_write_image_outputs).parameters else {}
 
 
 def require_serve_extra() -> None:
@@ -142,14 +136,6 @@ def class_statistics(labels: np.ndarray, names: list[str], num_classes: int,
     return rows
 
 
-def _window_to_uint8(array: np.ndarray) -> np.ndarray:
-    """Display copy: the 0.5-99.5 percentile range of the whole array mapped to 0..255."""
-    array = np.asarray(array, np.float32)
-    low, high = np.percentile(array, [0.5, 99.5]) if array.size else (0.0, 1.0)
-    scaled = (array - low) / (high - low) if high > low else np.zeros_like(array)
-    return (np.clip(scaled, 0, 1) * 255).round().astype(np.uint8)
-
-
 def _png_data_url(picture: np.ndarray) -> str:
     from PIL import Image
 
@@ -200,7 +186,7 @@ def _display_image(image: np.ndarray) -> np.ndarray:
         image = image[..., 0]
     if image.dtype == np.uint8:
         return image
-    return _window_to_uint8(image)
+    return window_to_uint8(image)
 
 
 def _parse_spacing(text: str | None) -> tuple[float, ...] | None:
@@ -402,7 +388,7 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
         if kind == "image":
             job = _Job(path, kind, out_dir / f"{stem}.png", stem)
             _write_image_outputs(job, data, prediction, predictor.num_classes, out_dir, overlay=False,
-                                 save_probabilities=False, **_writer_info(predictor))
+                                 save_probabilities=False, info=predictor.info)
             media, download = "image/png", f"{stem}_mask.png"
         else:  # the labels in the input's format, as vmunet predict writes them
             suffix = Path(name).suffix.lower() if kind == "sitk" else (
@@ -422,7 +408,7 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
                 "classes": class_statistics(labels, list(info.label_names), predictor.num_classes, spacing_mm)}
         if preview:  # a few slices, downscaled: bounded whatever the volume
             chosen = [0] if kind == "image" else preview_slices(labels.shape[0])
-            display = _display_image(data)[None] if kind == "image" else _window_to_uint8(
+            display = _display_image(data)[None] if kind == "image" else window_to_uint8(
                 data[chosen][..., 0] if data.ndim == 4 else data[chosen])
             body["preview"] = _preview(display, labels[None] if kind == "image" else labels[chosen], chosen,
                                        1 if kind == "image" else labels.shape[0])

@@ -12,7 +12,8 @@
 Axis order: arrays are kept as stored (no reorientation); the last stored axis (usually axial) is moved to the
 front, so a volume is (D, H, W) = stored (X, Y, Z) -> (Z, X, Y), and 2D slices are ``volume[d]``. ``spacing`` is
 the header's zooms in that same (D, H, W) order; ``affine`` is the file's, for the stored order:
-``save_prediction`` moves the axis back before writing, so predictions line up with the image in any viewer.
+``vmunet.runtime.writers.write_label_volume`` moves the axis back before writing, so predictions line up with
+the image in any viewer.
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ def read_header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, f
         except RuntimeError as exc:
             raise ValueError(f"{path}: cannot read image header: {str(exc).strip().splitlines()[-1]}") from None
         x, y, z = (tuple(reader.GetSize()) + (1,))[:3]
-        return (z, x, y), (1.0, 1.0, 1.0), np.eye(4)
+        sx, sy, sz = (tuple(float(s) for s in reader.GetSpacing()) + (1.0,))[:3]
+        return (z, x, y), (sz, sx, sy), np.eye(4)
     if not name.endswith((".nii", ".nii.gz")):
         from vmunet.data.readers import displayed_size
 
@@ -244,13 +246,6 @@ def read_volume(image_files: list[Path], label_file: Path | None, num_classes: i
         check_same_shape(channels[0].shape, label.shape, f"{label_file} (label vs {image_files[0].name})")
         check_same_affine(label_affine, affine, label_file, image_files[0].name)
     return {"image": image, "label": label, "case_id": case_id, "spacing": spacing, "affine": affine}
-
-
-def save_prediction(path: str | Path, label: np.ndarray, affine: np.ndarray) -> None:
-    """Write a (D, H, W) label map with the source image's affine, in the stored axis order."""
-    nib = _nibabel()
-    data = np.moveaxis(np.asarray(label), 0, -1).astype(np.uint8 if label.max(initial=0) < 256 else np.int16)
-    nib.save(nib.Nifti1Image(data, affine), str(path))
 
 
 class NiftiVolumes:

@@ -310,12 +310,10 @@ def _training_samples(config: TrainConfig, root: Path):
         from vmunet.data.folders import ClassFolder
 
         return "images", ClassFolder(root, "train", config.num_classes)
-    if config.dataset == "polyp":
+    if config.dataset == "polyp":  # TrainDataset/: the test sets are never in a fold
         return "images", polyp_training_folder(config, root)
     if config.dataset == "synapse":
         return "volumes", readers.SynapseSlices(root, "train")
-    if config.dataset == "polyp":  # TrainDataset/: the test sets are never in a fold
-        return "images", polyp_training_folder(config, root)
     raise ValueError(f"dataset {config.dataset!r} has no training cases in a folder")
 
 

@@ -58,6 +58,8 @@ def dividing_chunk_length(length: int) -> int:
     SS2D's L is (H/4)(W/4), (H/8)(W/8), ... with H, W multiples of 32, so a divisor near sqrt(L) exists;
     a prime L (only possible at the smallest stage) costs L steps in one chunk.
     """
+    if length < 1:
+        raise ValueError(f"a scan of length {length} has no chunks: the chunk length needs L >= 1")
     small = max(t for t in range(1, math.isqrt(max(length, 1)) + 1) if length % t == 0)
     return length // small
 
@@ -88,6 +90,9 @@ def selective_scan_export(
     _, dim, length = u.shape
     groups, N = B.shape[1], A.shape[1]
     per_group = dim // groups
+    if length == 0:  # an empty sequence: no output, the zero state (as the reference scan)
+        empty = finish_output(u * 0, u, D, z).to(dtype_in)  # (b, dim, 0)
+        return (empty, u.new_zeros(u.shape[0], dim, N)) if return_last_state else empty
     T = dividing_chunk_length(length)
     nc = length // T
 

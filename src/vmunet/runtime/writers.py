@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -124,6 +125,57 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     atomic_write_bytes(Path(path), lambda handle: handle.write(text.encode()))
 
 
+def publish_together(out_dir: str | Path, writers: dict) -> None:
+    """Write a group of files that belong together (``{name: write(path)}``) into ``out_dir``: all of them, or
+    none (each previous file, if any, kept as it was).
+
+    Each ``write`` gets a path in a staging folder of its own inside ``out_dir`` (so two writers into one folder
+    never share a temporary name); the files are then moved into place one by one. Should a move fail, the files
+    already moved are put back: the previous file restored from a hard link (a copy where links are not
+    supported) taken before the move, or the new file removed where there was none.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    published: list[tuple[Path, Path | None]] = []  # (destination, its previous file's keepsake or None)
+    try:
+        for name, write in writers.items():
+            write(staging / name)
+            os.chmod(staging / name, 0o666 & ~current_umask())
+            with open(staging / name, "rb") as handle:
+                os.fsync(handle.fileno())
+        for index, name in enumerate(writers):
+            destination = out_dir / name
+            previous = None
+            if destination.is_file():
+                previous = staging / f".previous-{index}"
+                _keep(destination, previous)
+            os.replace(staging / name, destination)
+            published.append((destination, previous))
+    except BaseException as error:
+        for destination, previous in reversed(published):
+            if previous is not None:
+                os.replace(previous, destination)
+            else:
+                destination.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            reason = error.strerror or str(error)
+            failure = OSError(f"{out_dir}: cannot write {', '.join(writers)} ({reason}); none of them was changed")
+            failure.errno = error.errno
+            raise failure from None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _keep(path: Path, keepsake: Path) -> None:
+    """A second name for ``path``'s current content that survives ``path`` being replaced."""
+    try:
+        os.link(path, keepsake)
+    except OSError:  # a file system without hard links
+        shutil.copy2(path, keepsake)
+
+
 
 def mask_png(labels: np.ndarray, num_classes: int):
     """(H, W) class ids -> PIL image: 0/255 for one class, the ids themselves for several."""
@@ -150,10 +202,6 @@ def write_png(path: Path, picture) -> None:
     atomic_write_bytes(path, lambda handle: picture.save(handle, format="PNG"))
 
 
-def write_npy(path: Path, array: np.ndarray) -> None:
-    atomic_write_bytes(path, lambda handle: np.save(handle, array))
-
-
 def write_nifti(path: Path, data: np.ndarray, reference, intent: str | None = None, compresslevel: int = 6) -> None:
     """Write ``data`` (stored axis order) with ``reference``'s affine and header (None: identity affine)."""
     import nibabel as nib
@@ -171,6 +219,14 @@ def write_nifti(path: Path, data: np.ndarray, reference, intent: str | None = No
     if path.name.lower().endswith(".gz"):
         payload = gzip.compress(payload, compresslevel=compresslevel, mtime=0)
     atomic_write_bytes(path, lambda handle: handle.write(payload))
+
+
+def write_label_volume(path: Path, labels: np.ndarray, reference) -> None:
+    """A (D, H, W) label map (the readers' order: the stored last axis first) as a NIfTI label file in the stored
+    axis order, on ``reference``'s grid (the input's nibabel image; None: identity affine)."""
+    labels = np.asarray(labels)
+    dtype = np.uint8 if labels.max(initial=0) < 256 else np.int16
+    write_nifti(Path(path), np.ascontiguousarray(np.moveaxis(labels, 0, -1), dtype), reference, intent="label")
 
 
 def write_sitk(path: Path, image) -> None:
