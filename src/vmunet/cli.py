@@ -370,6 +370,27 @@ def add_info_parser(sub) -> None:
     p.set_defaults(func=cmd_info)
 
 
+def cmd_nnunet(args: argparse.Namespace) -> int:
+    from vmunet.integrations.nnunet_launcher import run_nnunet, trainer_dir
+
+    if args.nnunet_command == "trainer-dir":
+        print(trainer_dir())
+        return 0
+    return run_nnunet(args.nnunet_command, args.nnunet_args)
+
+
+def add_nnunet_parser(sub) -> None:
+    p = sub.add_parser("nnunet", help="nnU-Net v2 commands with the VM-UNet trainers (the nnunet extra)",
+                       allow_abbrev=False,
+                       description="'vmunet nnunet trainer-dir' prints the folder for nnUNet_extTrainer. "
+                                   "'vmunet nnunet COMMAND ARGS' runs nnUNetv2_COMMAND ARGS (train, predict, "
+                                   "plan_and_preprocess, ...) with our trainers and the nnUNet_extTrainer folders "
+                                   "searched first: for environments where nnU-Net's own trainer search fails.")
+    p.add_argument("nnunet_command", metavar="COMMAND", help="trainer-dir, or an nnUNetv2_ command without the prefix")
+    p.add_argument("nnunet_args", nargs=argparse.REMAINDER, metavar="ARGS", help="passed to nnU-Net unchanged")
+    p.set_defaults(func=cmd_nnunet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmunet", allow_abbrev=False,
                                      description="VM-UNet (Vision Mamba UNet) for medical image segmentation")
@@ -385,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_forward_parser(sub)
     add_info_parser(sub)
+    add_nnunet_parser(sub)
     return parser
 
 
