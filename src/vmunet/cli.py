@@ -271,8 +271,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     from vmunet.export import FORMATS
 
     add_run_arguments(parser)
-    parser.add_argument("--format", default="onnx", choices=FORMATS, help="onnx, torchscript or pt2 (default onnx)")
-    parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+    parser.add_argument("--format", default="onnx", choices=FORMATS,
+                        help="onnx, torchscript, pt2 or monai-bundle (default onnx)")
+    parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx (monai-bundle: a new folder)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                         help="input height and width, multiples of 32 (default: the run's training size)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17)")
@@ -286,6 +287,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     path = export_model(args.run_dir, args.out, format=args.format, image_size=args.image_size,
                         checkpoint=args.checkpoint, opset=args.opset, allow_pickle=args.trust_checkpoint)
+    if args.format == "monai-bundle":  # same labels as vmunet predict: tests/test_monai.py checks it
+        print(f"vmunet export: wrote the MONAI bundle {path} (run it: python -m monai.bundle run --config_file "
+              f"{path / 'configs' / 'inference.json'} --dataset_dir IN --output_dir OUT)")
+        return 0
     line = f"vmunet export: wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB)"
     if not args.no_check:
         model, info, _ = load_model_from_run(args.run_dir, args.checkpoint, allow_pickle=args.trust_checkpoint)
