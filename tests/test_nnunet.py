@@ -201,6 +201,21 @@ def test_network_is_the_preset_padded_to_32_without_deep_supervision(nnunet_env)
         with torch.no_grad():
             out = tiny.eval()(torch.randn(2, 2, *patch))
         assert out.shape == (2, 3, *patch), out.shape  # one tensor, not a deep-supervision list
+
+        # vmamba_checkpoint: weights loaded into the network nnU-Net built (a trained VM-UNet's, all by name)
+        torch.manual_seed(1)
+        start = nnUNetTrainerVMUNetTiny.build_network_architecture(manager, config, 1, 3).state_dict()
+        os.makedirs(os.environ["nnUNet_results"], exist_ok=True)
+        torch.save(start, os.path.join(os.environ["nnUNet_results"], "start.pt"))
+
+        class Pretrained(nnUNetTrainerVMUNetTiny):
+            vmamba_checkpoint = os.path.join(os.environ["nnUNet_results"], "start.pt")
+
+        plans["continue_training"] = False  # the first trainer popped it
+        trainer = Pretrained(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
+        trainer.initialize()
+        loaded = trainer.network.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in start.items())
         print("checked")
     """, env)
     assert result.stdout.rstrip().endswith("checked"), result.stderr[-3000:]
