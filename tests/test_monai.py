@@ -102,3 +102,11 @@ def test_sliding_window_inference_on_an_odd_sized_image():
     assert tiled.shape == (1, 2, 75, 53)
     torch.testing.assert_close(whole, direct)  # one window = the image: padding inside the model only
     assert torch.isfinite(tiled).all()
+
+
+def test_export_without_monai_is_one_line_naming_the_extra(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "monai", None)  # as if not installed
+    assert main(["export", "--format", "monai-bundle", "--run-dir", str(run_dir), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vmunet export: error: MONAI bundles need MONAI") and "pip install 'vmunet[monai]'" in err
+    assert not (tmp_path / "b").exists()

@@ -232,3 +232,14 @@ def test_trainer_module_names_the_extra_when_nnunet_is_missing():
     """
     result = run_python(code, dict(os.environ))
     assert "pip install 'vmunet[nnunet]'" in result.stdout, result.stderr[-2000:]
+
+
+def test_launcher_without_nnunet_is_one_line_naming_the_extra(monkeypatch, capsys):
+    from vmunet.cli import main
+
+    monkeypatch.setitem(sys.modules, "nnunetv2", None)  # as if not installed
+    assert main(["nnunet", "train", "991", "2d", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vmunet nnunet: error: vmunet nnunet needs nnU-Net v2") and "'vmunet[nnunet]'" in err
+    assert main(["nnunet", "trainer-dir"]) == 0  # needs nothing of nnU-Net
+    assert capsys.readouterr().out.strip() == str(trainer_dir())
