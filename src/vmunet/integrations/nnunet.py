@@ -42,13 +42,14 @@ def two_d_configurations(plans_manager: PlansManager) -> list[str]:
 
 
 def check_two_d(plans_manager: PlansManager, configuration_manager: ConfigurationManager, trainer: str,
-                configuration: str = "this") -> None:
+                configuration: str | None = None) -> None:
     """A clear error for a 3D configuration, naming the ones that work."""
     if len(configuration_manager.patch_size) == 2:
         return
     options = two_d_configurations(plans_manager)
     hint = f"use {' or '.join(repr(n) for n in options)}" if options else "plan a 2D configuration ('-c 2d')"
-    raise ValueError(f"{trainer} trains 2D networks only; configuration {configuration!r} has 3D patches "
+    which = "the configuration" if configuration is None else f"configuration {configuration!r}"
+    raise ValueError(f"{trainer} trains 2D networks only; {which} has 3D patches "
                      f"{list(configuration_manager.patch_size)}: {hint}")
 
 
