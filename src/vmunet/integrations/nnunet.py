@@ -96,6 +96,6 @@ class nnUNetTrainerVMUNetV2(nnUNetTrainerVMUNet):
 
 
 class nnUNetTrainerVMUNetTiny(nnUNetTrainerVMUNet):
-    """The "vmunet-tiny" network (0.3 M parameters): tests and laptops, not results."""
+    """The "vmunet-tiny" network (0.6 M parameters): tests and laptops, not results."""
 
     vmunet_preset = "vmunet-tiny"
