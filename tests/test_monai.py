@@ -110,3 +110,20 @@ def test_export_without_monai_is_one_line_naming_the_extra(run_dir, tmp_path, mo
     err = capsys.readouterr().err
     assert err.startswith("vmunet export: error: MONAI bundles need MONAI") and "pip install 'vmunet[monai]'" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_a_moved_bundle_says_how_to_point_at_it(run_dir, tmp_path):
+    from vmunet import create_model
+    from vmunet.integrations.monai_bundle import BundlePredictor
+
+    bundle = tmp_path / "bundle"
+    assert main(["export", "--format", "monai-bundle", "--run-dir", str(run_dir), "--out", str(bundle)]) == 0
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert config["bundle_root"] == str(bundle.resolve())
+    moved = bundle.rename(tmp_path / "moved")
+    network = create_model(config["network_def"]["name"], **{k: v for k, v in config["network_def"].items()
+                                                            if k not in ("_target_", "name")})
+    with pytest.raises(FileNotFoundError, match="bundle's weights are not there.*--bundle_root NEW_FOLDER"):
+        BundlePredictor(network, f"{config['bundle_root']}/models/model.pt", moved / "configs" / "metadata.json")
+    predictor = BundlePredictor(network, moved / "models" / "model.pt", moved / "configs" / "metadata.json")
+    assert predictor.info.num_classes == 3

@@ -146,6 +146,9 @@ class BundlePredictor:
 
     def __init__(self, network: torch.nn.Module, weights: str | Path, metadata_file: str | Path,
                  device: str | torch.device = "cpu", batch_size: int = 8):
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"{weights}: the bundle's weights are not there (a bundle that was moved needs "
+                                    "--bundle_root NEW_FOLDER)")
         info = read_bundle_run_info(metadata_file)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         load_weights(network, state, str(weights))
