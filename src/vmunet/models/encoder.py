@@ -151,6 +151,8 @@ class SegmentationNet(nn.Module):
     @staticmethod
     def crop_output(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, K, H', W') -> (B, K, H, W): the part of the logits that covers the unpadded input."""
+        if tuple(logits.shape[2:]) == tuple(size):
+            return logits  # nothing was padded: no slice in traced/exported graphs either
         return logits[:, :, :size[0], :size[1]]
 
     def set_scan_backend(self, name: str) -> None:
