@@ -10,7 +10,7 @@ import pytest
 import vmunet.cli as cli
 from builders import HANG_LIMIT_S, UTF8_TEXT, make_isic, read_until
 
-COMMANDS = {"train", "evaluate", "cv", "predict", "export", "serve", "demo", "forward", "info"}
+COMMANDS = {"train", "evaluate", "cv", "predict", "export", "serve", "demo", "forward", "info", "nnunet"}
 
 
 def commands(parser: argparse.ArgumentParser) -> set[str]:

@@ -304,8 +304,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     from vmunet.export import FORMATS
 
     add_run_arguments(parser)
-    parser.add_argument("--format", default="onnx", choices=FORMATS, help="onnx, torchscript or pt2 (default onnx)")
-    parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx")
+    parser.add_argument("--format", default="onnx", choices=FORMATS,
+                        help="onnx, torchscript, pt2 or monai-bundle (default onnx)")
+    parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx (monai-bundle: a new folder)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                         help="input height and width, multiples of 32 (default: the run's training size)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17)")
@@ -319,6 +320,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     path = export_model(args.run_dir, args.out, format=args.format, image_size=args.image_size,
                         checkpoint=args.checkpoint, opset=args.opset, allow_pickle=args.trust_checkpoint)
+    if args.format == "monai-bundle":  # same labels as vmunet predict: tests/test_monai.py checks it
+        print(f"vmunet export: wrote the MONAI bundle {path} (run it: python -m monai.bundle run --config_file "
+              f"{path / 'configs' / 'inference.json'} --dataset_dir IN --output_dir OUT)")
+        return 0
     line = f"vmunet export: wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB)"
     if not args.no_check:
         model, info, _ = load_model_from_run(args.run_dir, args.checkpoint, allow_pickle=args.trust_checkpoint)
@@ -418,6 +423,27 @@ def add_info_parser(sub) -> None:
     p.set_defaults(func=cmd_info)
 
 
+def cmd_nnunet(args: argparse.Namespace) -> int:
+    from vmunet.integrations.nnunet_launcher import run_nnunet, trainer_dir
+
+    if args.nnunet_command == "trainer-dir":
+        print(trainer_dir())
+        return 0
+    return run_nnunet(args.nnunet_command, args.nnunet_args)
+
+
+def add_nnunet_parser(sub) -> None:
+    p = sub.add_parser("nnunet", help="nnU-Net v2 commands with the VM-UNet trainers (the nnunet extra)",
+                       allow_abbrev=False,
+                       description="'vmunet nnunet trainer-dir' prints the folder for nnUNet_extTrainer. "
+                                   "'vmunet nnunet COMMAND ARGS' runs nnUNetv2_COMMAND ARGS (train, predict, "
+                                   "plan_and_preprocess, ...) with our trainers and the nnUNet_extTrainer folders "
+                                   "searched first: for environments where nnU-Net's own trainer search fails.")
+    p.add_argument("nnunet_command", metavar="COMMAND", help="trainer-dir, or an nnUNetv2_ command without the prefix")
+    p.add_argument("nnunet_args", nargs=argparse.REMAINDER, metavar="ARGS", help="passed to nnU-Net unchanged")
+    p.set_defaults(func=cmd_nnunet)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vmunet", allow_abbrev=False,
                                      description="VM-UNet (Vision Mamba UNet) for medical image segmentation")
@@ -433,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(sub)
     add_forward_parser(sub)
     add_info_parser(sub)
+    add_nnunet_parser(sub)
     return parser
 
 

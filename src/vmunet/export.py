@@ -24,7 +24,7 @@ from vmunet.models import VMUNet, VMUNetV2
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, run_folder_files
 from vmunet.runtime.writers import atomic_write_bytes, check_output_file, refuse_overwriting
 
-FORMATS = ("onnx", "torchscript", "pt2")
+FORMATS = ("onnx", "torchscript", "pt2", "monai-bundle")
 DEFAULT_OPSET = 17  # LayerNormalization as one node; onnxruntime >= 1.12 runs it
 
 
@@ -149,9 +149,11 @@ def check_destination(out_path: str | Path, model_or_run_dir) -> None:
 def export_model(model_or_run_dir: VMUNet | str | Path, out_path: str | Path, format: str = "onnx",
                  image_size: int | Sequence[int] | None = None, checkpoint: str = "best", opset: int | None = None,
                  allow_pickle: bool = False) -> Path:
-    """Dispatch on ``format``: "onnx", "torchscript" or "pt2"."""
+    """Dispatch on ``format``: "onnx", "torchscript", "pt2" or "monai-bundle" (``out_path`` a folder)."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "monai-bundle":
+        return export_bundle(model_or_run_dir, out_path, image_size, checkpoint, opset, allow_pickle)
     check_destination(out_path, model_or_run_dir)
     common = dict(image_size=image_size, checkpoint=checkpoint, allow_pickle=allow_pickle)
     if format == "onnx":
@@ -160,6 +162,18 @@ def export_model(model_or_run_dir: VMUNet | str | Path, out_path: str | Path, fo
         raise ValueError("opset applies to --format onnx only")
     exporter = export_torchscript if format == "torchscript" else export_pt2
     return exporter(model_or_run_dir, out_path, **common)
+
+
+def export_bundle(run_dir, out_dir, image_size, checkpoint: str, opset: int | None, allow_pickle: bool) -> Path:
+    """A MONAI bundle of a run folder (``vmunet.integrations.monai_bundle``; the ``monai`` extra)."""
+    if isinstance(run_dir, torch.nn.Module):
+        raise ValueError("--format monai-bundle exports a run folder (its preprocessing goes into the bundle)")
+    if image_size is not None or opset is not None:
+        raise ValueError("--image-size and --opset do not apply to --format monai-bundle (it predicts at the "
+                         "run's own size)")
+    from vmunet.integrations.monai_bundle import export_monai_bundle
+
+    return export_monai_bundle(run_dir, out_dir, checkpoint=checkpoint, allow_pickle=allow_pickle)
 
 
 def onnx_max_difference(model: VMUNet, onnx_path: str | Path, batch: int = 2, seed: int = 1) -> float:

@@ -120,6 +120,40 @@ class SegmentationNet(nn.Module):
     num_classes: int
     input_channels: int
     config: dict
+    pad_to: int | None = None  # set by ``set_padding``: any input size, padded inside the forward
+
+    def set_padding(self, pad_to: int | None) -> None:
+        """``pad_to=32`` (or a multiple of it): inputs of any height and width are zero-padded at the bottom and
+        right to the next multiple of ``pad_to`` and the logits cropped back, so callers that choose their own
+        sizes (nnU-Net's patches, MONAI's sliding window) can use the model. No parameter changes (state_dict
+        keys stay the official ones); the option is recorded in ``config`` so that a saved model rebuilds alike.
+        """
+        if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < SIZE_MULTIPLE
+                                   or pad_to % SIZE_MULTIPLE):
+            raise ValueError(f"pad_to must be a positive multiple of {SIZE_MULTIPLE} (or None); got {pad_to!r}")
+        self.pad_to = pad_to
+        if pad_to is None:
+            self.config.pop("pad_to", None)
+        else:
+            self.config["pad_to"] = pad_to
+
+    def pad_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C, H, W) -> (B, C, H', W') zero-padded to multiples of ``pad_to`` (unchanged without it), and (H, W)
+        for ``crop_output``. Zero is the mean of z-scored images (nnU-Net's, MONAI's usual normalisation)."""
+        height, width = int(x.shape[2]), int(x.shape[3])
+        if self.pad_to is None:
+            return x, (height, width)
+        extra_h, extra_w = -height % self.pad_to, -width % self.pad_to
+        if extra_h or extra_w:
+            x = F.pad(x, (0, extra_w, 0, extra_h))
+        return x, (height, width)
+
+    @staticmethod
+    def crop_output(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, K, H', W') -> (B, K, H, W): the part of the logits that covers the unpadded input."""
+        if tuple(logits.shape[2:]) == tuple(size):
+            return logits  # nothing was padded: no slice in traced/exported graphs either
+        return logits[:, :, :size[0], :size[1]]
 
     def set_scan_backend(self, name: str) -> None:
         """Choose the selective-scan backend of every SS2D block ("auto", "torch", "ref", "mamba_ssm", ...)."""
@@ -139,9 +173,9 @@ class SegmentationNet(nn.Module):
             raise ValueError(f"{name} was built for {self.input_channels} input channel(s) but got {x.shape[1]} "
                              f"(input shape {tuple(x.shape)}); convert the images or set input_channels")
         for side, size in (("height", x.shape[2]), ("width", x.shape[3])):
-            if size % SIZE_MULTIPLE or size == 0:
+            if size == 0 or (self.pad_to is None and size % SIZE_MULTIPLE):
                 raise ValueError(f"input {side} {size} is not a multiple of {SIZE_MULTIPLE}; resize or pad to "
-                                 f"{nearest_valid_sizes(size)}")
+                                 f"{nearest_valid_sizes(size)} (or build the model with pad_to=32)")
 
     @staticmethod
     def to_rgb(x: torch.Tensor) -> torch.Tensor:

@@ -61,14 +61,16 @@ class VSSM(VSSEncoder):
 
 class VMUNet(SegmentationNet):
     """VM-UNet (arXiv 2402.02491). ``model(x)`` maps (B, input_channels, H, W) to float32 logits
-    (B, num_classes, H, W); H and W must be multiples of 32. Use ``probabilities`` for sigmoid/softmax.
+    (B, num_classes, H, W); H and W must be multiples of 32 (any sizes with ``pad_to=32``). Use
+    ``probabilities`` for sigmoid/softmax.
 
     state_dict keys equal the official ones (prefix ``vmunet.``), so official checkpoints load strictly.
     """
 
     def __init__(self, num_classes: int = 1, input_channels: int = 3, depths: Sequence[int] = (2, 2, 2, 2),
                  depths_decoder: Sequence[int] = (2, 2, 2, 1), dims: Sequence[int] = (96, 192, 384, 768),
-                 d_state: int = 16, drop_path_rate: float = 0.2, scan_backend: str = "auto"):
+                 d_state: int = 16, drop_path_rate: float = 0.2, scan_backend: str = "auto",
+                 pad_to: int | None = None):
         super().__init__()
         if len(depths_decoder) != 4:
             raise ValueError(f"VM-UNet has 4 stages: dims, depths and depths_decoder need 4 entries each "
@@ -83,6 +85,7 @@ class VMUNet(SegmentationNet):
         self.config = dict(num_classes=num_classes, input_channels=input_channels, depths=list(depths),
                            depths_decoder=list(depths_decoder), dims=list(dims), d_state=d_state,
                            drop_path_rate=drop_path_rate)
+        self.set_padding(pad_to)
         # A one-channel image is repeated to RGB (see ``to_rgb``), so the stem stays 3-channel.
         in_chans = 3 if input_channels == 1 else input_channels
         self.vmunet = VSSM(in_chans, num_classes, depths, depths_decoder, dims, d_state, drop_path_rate,
@@ -90,4 +93,5 @@ class VMUNet(SegmentationNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        return self.as_logits(self.vmunet(self.to_rgb(x)))
+        x, size = self.pad_input(x)  # (B, C, H, W) -> (B, C, H', W'): only with pad_to
+        return self.as_logits(self.crop_output(self.vmunet(self.to_rgb(x)), size))

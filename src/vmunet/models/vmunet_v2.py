@@ -107,7 +107,8 @@ def deconv(channels: int) -> nn.ConvTranspose2d:
 
 class VMUNetV2(SegmentationNet):
     """VM-UNetV2. ``model(x)`` maps (B, input_channels, H, W) to float32 logits (B, num_classes, H, W); H and W
-    multiples of 32, not necessarily equal. ``dims`` must be ``mid_channel`` x (2, 4, 8, 16).
+    multiples of 32 (any sizes with ``pad_to=32``), not necessarily equal. ``dims`` must be ``mid_channel`` x
+    (2, 4, 8, 16).
 
     Like the official forward, the output is ``up4(seg_outs.3(y1))``, plus ``deconv6(up4(seg_outs.2(y2)))`` with
     ``deep_supervision`` (the default; a fusion of two heads into one output, trained with the one loss of the
@@ -134,7 +135,8 @@ class VMUNetV2(SegmentationNet):
 
     def __init__(self, num_classes: int = 1, input_channels: int = 3, mid_channel: int = 48,
                  dims: Sequence[int] = (96, 192, 384, 768), depths: Sequence[int] = (2, 2, 9, 2), d_state: int = 16,
-                 deep_supervision: bool = True, drop_path_rate: float = 0.2, scan_backend: str = "auto"):
+                 deep_supervision: bool = True, drop_path_rate: float = 0.2, scan_backend: str = "auto",
+                 pad_to: int | None = None):
         super().__init__()
         check_stages(dims, depths, "VM-UNetV2")
         expected = [mid_channel * f for f in WIDTH_FACTORS]
@@ -152,6 +154,7 @@ class VMUNetV2(SegmentationNet):
         self.config = dict(num_classes=num_classes, input_channels=input_channels, mid_channel=mid_channel,
                            dims=list(dims), depths=list(depths), d_state=d_state,
                            deep_supervision=self.deep_supervision, drop_path_rate=drop_path_rate)
+        self.set_padding(pad_to)
         # Registered in the official order (state_dict order). Level i = 1..4 has dims[i-1] channels.
         for i, channels in enumerate(dims, start=1):
             setattr(self, f"ca_{i}", ChannelAttention(channels))
@@ -195,6 +198,7 @@ class VMUNetV2(SegmentationNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        x, size = self.pad_input(x)  # (B, C, H, W) -> (B, C, H', W'): only with pad_to
         features = self.level_features(self.to_rgb(x))
         g1, g2, g3, g4 = (getattr(self, f"sdi_{i}")(features, features[i - 1]) for i in range(1, LEVELS + 1))
         y3 = self.deconv2(g4) + g3  # (B, mid, H/16, W/16)
@@ -203,4 +207,4 @@ class VMUNetV2(SegmentationNet):
         logits = up4(self.seg_outs[3](y1))  # (B, K, H, W)
         if self.deep_supervision:
             logits = logits + self.deconv6(up4(self.seg_outs[2](y2)))  # (B, K, H/2, W/2) -> (B, K, H, W)
-        return self.as_logits(logits)
+        return self.as_logits(self.crop_output(logits, size))
