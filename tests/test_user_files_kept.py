@@ -118,3 +118,184 @@ def test_a_start_refused_up_front_leaves_no_lock_file(capsys, tmp_path):
                            "--run-dir", run_dir)
     assert code == 2 and "missing" in err
     assert sorted(os.listdir(run_dir)) == ["notes.txt"]
+
+
+# 3. predict never replaces a file already in --out without --overwrite
+
+def random_run(root: Path, num_classes=1, input_channels=3, dataset="isic", data=None) -> Path:
+    """A run folder as training writes it, with random weights of the tiny preset (no training)."""
+    import torch
+
+    from vmunet.config import TrainConfig
+    from vmunet.models import create_model
+    from vmunet.runtime.run_folder import RunInfo, save_checkpoint, write_config, write_run_info
+
+    torch.manual_seed(0)
+    model = create_model("vmunet-tiny", num_classes=num_classes, input_channels=input_channels)
+    save_checkpoint(root / "checkpoints" / "best.pt", {"model": model.state_dict(), "epoch": 1})
+    names = ["background", "lesion"] if num_classes == 1 else [f"class{i}" for i in range(num_classes)]
+    write_run_info(root, RunInfo(model_preset="vmunet-tiny", model_config=model.config, label_names=names,
+                                 normalization="minmax255" if input_channels == 3 else "zscore", image_size=32,
+                                 dataset=dataset, version="test"))
+    write_config(root, TrainConfig(dataset=dataset, model="vmunet-tiny", num_classes=num_classes, image_size=32,
+                                   input_channels=input_channels, data=str(data) if data else None).to_dict())
+    return root
+
+
+def write_polyp_set(folder: Path, count=3) -> Path:
+    """TestDataset/<set>/{images,masks}/ with masks named as the images (.png): predict's outputs' names."""
+    rng = np.random.default_rng(1)
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image, mask = blob_image(rng, 32, 40)
+        Image.fromarray(image).save(folder / "images" / f"kva{i}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(folder / "masks" / f"kva{i}.png")
+    return folder
+
+
+def write_volume(path: Path, shape=(32, 32, 3)) -> None:
+    import nibabel as nib
+
+    data = np.random.default_rng(2).normal(100, 30, shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([0.9, 0.8, 2.0, 1.0])), str(path))
+
+
+def test_predicting_a_polyp_test_set_into_its_masks_folder_is_refused_until_overwrite(capsys, tmp_path):
+    run = random_run(tmp_path / "run")
+    kvasir = write_polyp_set(tmp_path / "TestDataset" / "Kvasir")
+    masks = kvasir / "masks"
+    truth = tree(masks)
+    code, err, _ = run_cli(capsys, "predict", "--run-dir", run, kvasir / "images", "--out", masks)
+    assert code == 2 and "\n" not in err
+    assert err == (f"vmunet predict: error: {masks}: 3 output file(s) already exist (kva0.png, kva1.png, kva2.png); "
+                   "pass --overwrite to replace them, or choose another --out")
+    assert tree(masks) == truth  # the ground truth is untouched, nothing was added
+    code, err, _ = run_cli(capsys, "predict", "--run-dir", run, kvasir / "images", "--out", masks, "--overwrite")
+    assert code == 0, err
+    assert sorted(tree(masks)) == sorted(truth) and tree(masks) != truth  # replaced: the user said so
+
+
+@pytest.mark.parametrize("existing", ["label map", "probabilities", "overlay", "mhd data file"])
+def test_predict_refuses_any_existing_output_file_of_any_kind(capsys, tmp_path, existing):
+    """One existing file among the outputs of a volume (NIfTI, .mhd + .zraw) or image input: refused before
+    anything is written, whichever output it is."""
+    import SimpleITK as sitk
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    if existing == "mhd data file":
+        run = random_run(tmp_path / "run", num_classes=3, input_channels=1, dataset="nifti")
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 32, 32), np.float32)), str(inputs / "ct.mhd"), True)
+        mine = out / "ct.zraw"
+        flags = []
+    elif existing == "overlay":
+        run = random_run(tmp_path / "run", num_classes=3, input_channels=1, dataset="nifti")
+        write_volume(inputs / "ct.nii.gz")
+        mine = out / "overlays" / "ct_slice001.png"
+        flags = ["--overlay"]
+    else:
+        run = random_run(tmp_path / "run")
+        write_polyp_set(tmp_path / "set", count=2)
+        inputs = tmp_path / "set" / "images"
+        mine = out / ("kva1.png" if existing == "label map" else "kva1.npz")
+        flags = ["--save-probabilities"]
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own file")
+    before = tree(out)
+    code, err, _ = run_cli(capsys, "predict", "--run-dir", run, inputs, "--out", out, *flags)
+    assert code == 2 and "1 output file(s) already exist" in err and str(mine.relative_to(out)) in err, err
+    assert tree(out) == before
+
+
+def test_labels_of_a_multichannel_nnunet_case_are_refused_over_its_labelstr(capsys, tmp_path):
+    run = random_run(tmp_path / "run", num_classes=3, input_channels=2, dataset="nifti")
+    images, labels = tmp_path / "imagesTr", tmp_path / "labelsTr"
+    images.mkdir()
+    labels.mkdir()
+    for channel in (0, 1):
+        write_volume(images / f"case001_{channel:04d}.nii.gz")
+    write_volume(labels / "case001.nii.gz")
+    before = tree(labels)
+    code, err, _ = run_cli(capsys, "predict", "--run-dir", run, images, "--out", labels)
+    assert code == 2 and "(case001.nii.gz)" in err and "--overwrite" in err
+    assert tree(labels) == before
+
+
+# 16. validate first, create last: no empty --out folder
+
+def test_predict_that_writes_nothing_makes_no_out_folder(capsys, tmp_path):
+    run = random_run(tmp_path / "run")
+    inputs = write_polyp_set(tmp_path / "set", count=1) / "images"
+    out = tmp_path / "new" / "out"
+    code, err, _ = run_cli(capsys, "predict", "--run-dir", run, inputs, "--out", out, "--batch-size", 0)
+    assert code == 2 and "--batch-size must be >= 1 (got 0)" in err
+    assert not (tmp_path / "new").exists()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code, err, _ = run_cli(capsys, "predict", "--run-dir", run, broken, "--out", out)
+    assert code == 1 and str(broken) in err  # the one input failed: nothing to write, no folder made
+    assert not (tmp_path / "new").exists()
+    code, err, _ = run_cli(capsys, "predict", "--run-dir", run, inputs, "--out", out)
+    assert code == 0 and sorted(os.listdir(out)) == ["kva0.png"]
+
+
+def test_an_ensemble_evaluate_refused_after_its_run_checks_makes_no_out_folder(capsys, tmp_path):
+    """--postprocessing on the polyp protocol is refused when the cases are scored: the folder used to be made
+    before that check."""
+    import json
+
+    data = tmp_path / "polyp"
+    write_polyp_set(data / "TestDataset" / "Kvasir", count=1)
+    runs = [random_run(tmp_path / name, dataset="polyp", data=data) for name in ("a", "b")]
+    keep_largest = {"format": "vmunet-postprocessing/1", "num_classes": 1, "all_foreground": {"apply": True},
+                    "classes": {"1": {"apply": False}}}
+    (tmp_path / "pp.json").write_text(json.dumps(keep_largest))
+    out = tmp_path / "ensemble"
+    code, err, _ = run_cli(capsys, "evaluate", "--run-dir", *runs, "--out", out, "--postprocessing",
+                           tmp_path / "pp.json", "--no-progress")
+    assert code == 2 and "the polyp protocol scores probability maps" in err
+    assert not out.exists()
+
+
+# 4. evaluate --out, cv --out and export --out refuse existing results as predict does
+
+def test_cv_into_a_runs_eval_folder_keeps_evaluates_results(capsys, tmp_path):
+    eval_dir = tmp_path / "run" / "eval"
+    eval_dir.mkdir(parents=True)
+    (eval_dir / "summary.json").write_text('{"mean_dice": 0.9}\n')
+    (eval_dir / "per_case.csv").write_text("case_id,dice\n")
+    before = tree(eval_dir)
+    folds = [random_run(tmp_path / f"fold{k}") for k in (0, 1)]
+    code, err, _ = run_cli(capsys, "cv", *folds, "--out", eval_dir, "--no-progress")
+    assert code == 2 and "2 output file(s) already exist (per_case.csv, summary.json)" in err and "--overwrite" in err
+    assert tree(eval_dir) == before
+
+
+def test_evaluate_into_an_out_folder_with_results_needs_overwrite(capsys, trained, tmp_path):
+    data, run_dir = trained
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "per_case.csv").write_text("an earlier evaluation\n")
+    code, err, _ = run_cli(capsys, "evaluate", "--run-dir", run_dir, "--out", out, "--no-progress")
+    assert code == 2 and "1 output file(s) already exist (per_case.csv)" in err
+    assert os.listdir(out) == ["per_case.csv"] and (out / "per_case.csv").read_text() == "an earlier evaluation\n"
+    code, err, _ = run_cli(capsys, "evaluate", "--run-dir", run_dir, "--out", out, "--no-progress", "--overwrite")
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["per_case.csv", "summary.json"]
+    # the run's own eval/ folder (no --out) holds evaluate's previous results, which a new evaluation replaces
+    for _ in range(2):
+        assert run_cli(capsys, "evaluate", "--run-dir", run_dir, "--no-progress")[0] == 0
+
+
+def test_export_refuses_an_existing_file_until_overwrite(capsys, tmp_path):
+    run = random_run(tmp_path / "run")
+    mine = tmp_path / "model.pt"
+    mine.write_bytes(b"my deployed model")
+    code, err, _ = run_cli(capsys, "export", "--run-dir", run, "--format", "torchscript", "--out", mine, "--no-check")
+    assert code == 2 and "1 output file(s) already exist (model.pt)" in err and "--overwrite" in err
+    assert mine.read_bytes() == b"my deployed model"
+    code, err, _ = run_cli(capsys, "export", "--run-dir", run, "--format", "torchscript", "--out", mine, "--no-check",
+                           "--overwrite")
+    assert code == 0, err
+    assert mine.read_bytes() != b"my deployed model"

@@ -230,21 +230,27 @@ def write_outputs(out_dir: Path, files: dict[str, str]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """--out is a folder (or will be) that holds none of the outputs yet, unless ``overwrite`` (a run's eval/
+    folder holds ``vmunet evaluate``'s summary.json and per_case.csv)."""
+    from vmunet.runtime.writers import refuse_existing_outputs
+
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: --out must be a folder, and this is a file")
+    refuse_existing_outputs(out_dir, [out_dir / name for name in OUTPUTS], overwrite)
 
 
 def cross_validate(run_dirs: list[str | Path], out_dir: str | Path, data_dir: str | Path | None = None,
                    checkpoint: str = "best", device: str = "auto", batch_size: int = 8, allow_pickle: bool = False,
-                   progress: bool = True, echo=print, load_predictor=None) -> dict:
-    """Check the folds, predict out of fold, write OUT/{per_case.csv, summary.json, postprocessing.json}."""
+                   progress: bool = True, echo=print, load_predictor=None, overwrite: bool = False) -> dict:
+    """Check the folds, predict out of fold, write OUT/{per_case.csv, summary.json, postprocessing.json} (any of
+    them already there is an error before anything runs, unless ``overwrite``)."""
     from vmunet import metrics
     from vmunet.evaluate import default_names
     from vmunet.postprocessing import choose_from_scores
 
     out_dir = Path(out_dir)
-    check_out_dir(out_dir)
+    check_out_dir(out_dir, overwrite)
     runs = [read_fold_run(run_dir) for run_dir in run_dirs]
     check_folds(runs)
     check_data_unchanged(runs, data_dir)
