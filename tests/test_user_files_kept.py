@@ -299,3 +299,34 @@ def test_export_refuses_an_existing_file_until_overwrite(capsys, tmp_path):
                            "--overwrite")
     assert code == 0, err
     assert mine.read_bytes() != b"my deployed model"
+
+
+# 13. a DICOM folder given as "." is named after itself; an ensemble's member given twice is refused
+
+@pytest.mark.parametrize("spelling", [".", "./", "../CT_0001", "sub/.."])
+def test_a_dicom_folder_given_as_dot_writes_an_output_named_after_the_folder(tmp_path, monkeypatch, spelling):
+    pytest.importorskip("SimpleITK")
+    from test_dicom_and_image_policy import known_run, series_truth, write_series
+    from vmunet.predict import predict_paths
+
+    run = known_run(tmp_path, monkeypatch)
+    folder = tmp_path / "CT_0001"
+    write_series(folder, series_truth().astype(np.int16))
+    (folder / "sub").mkdir()
+    monkeypatch.chdir(folder)
+    summary = predict_paths(run, [spelling], tmp_path / "out", device="cpu")
+    assert summary.exit_code == 0, summary.failed
+    assert sorted(os.listdir(tmp_path / "out")) == ["CT_0001.nii.gz"]  # not a hidden ".nii.gz"
+
+
+@pytest.mark.parametrize("second", ["same", "dot slash"])
+def test_an_ensemble_of_one_run_given_twice_is_refused(capsys, tmp_path, monkeypatch, second):
+    random_run(tmp_path / "run")
+    inputs = write_polyp_set(tmp_path / "set", count=1) / "images"
+    monkeypatch.chdir(tmp_path)
+    again = "run" if second == "same" else "./run/"
+    for command in (["predict", "--run-dir", "run", again, inputs, "--out", tmp_path / "out"],
+                    ["evaluate", "--run-dir", "run", again, "--out", tmp_path / "out", "--no-progress"]):
+        code, err, _ = run_cli(capsys, *command)
+        assert code == 2 and "given twice as an ensemble member" in err and "\n" not in err, err
+        assert not (tmp_path / "out").exists()
