@@ -330,3 +330,122 @@ def test_an_ensemble_of_one_run_given_twice_is_refused(capsys, tmp_path, monkeyp
         code, err, _ = run_cli(capsys, *command)
         assert code == 2 and "given twice as an ensemble member" in err and "\n" not in err, err
         assert not (tmp_path / "out").exists()
+
+
+# 7. vmunet cv: folds that finished, with the same settings, on the same contents; epochs in summary.json
+
+CV_TINY = ["--model", "vmunet-tiny", "--image-size", "32", "--no-progress", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def two_folds(tmp_path_factory):
+    """The two folds of one split of a tiny ISIC folder, one step of one epoch each."""
+    root = tmp_path_factory.mktemp("folds")
+    data = make_isic(root / "data", counts={"train": 6, "val": 2})
+    for fold in (0, 1):
+        assert main(["train", "--preset", "isic18", *CV_TINY, "--data", str(data), "--epochs", "1",
+                     "--set", "max_steps_per_epoch=1", "--folds", "2", "--fold", str(fold),
+                     "--run-dir", str(root / f"fold{fold}")]) == 0
+    return data, [root / "fold0", root / "fold1"]
+
+
+def edit_config(run: Path, **changes) -> None:
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, **changes}, sort_keys=False))
+
+
+def test_cv_refuses_a_fold_that_stopped_before_its_planned_epochs(capsys, two_folds, tmp_path):
+    import torch
+
+    _, runs = two_folds
+    copies = [tmp_path / run.name for run in runs]
+    for run, copy in zip(runs, copies):
+        shutil.copytree(run, copy)
+        edit_config(copy, epochs=40)  # both planned 40 epochs ...
+    last = copies[1] / "checkpoints" / "last.pt"
+    torch.save({**torch.load(last, weights_only=True), "epoch": 40}, last)  # ... fold 1 finished them, fold 0 not
+    out = tmp_path / "cv"
+    code, err, _ = run_cli(capsys, "cv", *copies, "--out", out, "--no-progress")
+    assert code == 2 and "\n" not in err
+    assert f"{copies[0]}: fold 0 stopped at epoch 1 of 40" in err and "--resume" in err
+    (copies[0] / "checkpoints" / "last.pt").unlink()  # last.pt deleted to save space: history.csv says the same
+    code, err, _ = run_cli(capsys, "cv", *copies, "--out", out, "--no-progress")
+    assert code == 2 and "fold 0 stopped at epoch 1 of 40" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key, value, named", [("image_size", 64, "image_size 32"), ("model", "vmunet", "model "),
+                                               ("lr", 0.5, "lr 0.001")])
+def test_cv_refuses_folds_trained_with_different_settings_naming_them(capsys, two_folds, tmp_path, key, value,
+                                                                      named):
+    _, runs = two_folds
+    other = tmp_path / "fold1"
+    shutil.copytree(runs[1], other)
+    edit_config(other, **{key: value})
+    code, err, _ = run_cli(capsys, "cv", runs[0], other, "--out", tmp_path / "cv", "--no-progress")
+    assert code == 2 and "trained with different settings" in err and named in err and str(other) in err, err
+    assert "\n" not in err and not (tmp_path / "cv").exists()
+
+
+def test_cv_refuses_training_cases_whose_contents_changed_under_the_same_names(capsys, two_folds, tmp_path):
+    data, runs = two_folds
+    changed = tmp_path / "data"
+    shutil.copytree(data, changed)
+    mask = changed / "train" / "masks" / "ISIC_train00003.png"
+    Image.fromarray(255 - np.asarray(Image.open(mask))).save(mask)  # the same name, another mask
+    code, err, _ = run_cli(capsys, "cv", *runs, "--out", tmp_path / "cv", "--data", changed, "--no-progress")
+    assert code == 2 and "\n" not in err
+    assert f"{changed}: the contents of 1 training case(s) changed" in err and "ISIC_train00003" in err
+    assert not (tmp_path / "cv").exists()
+
+
+def test_cv_records_each_folds_epochs_in_summary_json(capsys, two_folds, tmp_path):
+    import json
+
+    from vmunet.runtime.run_folder import read_split
+
+    _, runs = two_folds
+    assert main(["cv", *map(str, runs), "--out", str(tmp_path / "cv"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    assert summary["fold_epochs"] == {"0": {"planned": 1, "trained": 1, "checkpoint_epoch": 1},
+                                      "1": {"planned": 1, "trained": 1, "checkpoint_epoch": 1}}
+    split = json.loads((runs[0] / "split.json").read_text())
+    assert set(split["fingerprints"]) == set(read_split(runs[0])["train"] + read_split(runs[0])["val"])
+
+
+@pytest.mark.parametrize("layout", ["isic", "polyp", "synapse", "nifti"])
+def test_fingerprints_change_with_a_files_bytes_and_only_for_its_case(tmp_path, layout):
+    """The rule behind cv's check, on every folder layout: one case's file rewritten with other bytes (same
+    name, same size) changes that case's fingerprint and no other."""
+    from builders import make_nnunet, make_synapse
+    from vmunet.config import TrainConfig
+    from vmunet.data.fingerprints import case_fingerprints
+    from vmunet.data.splits import prepare_training_data
+
+    if layout == "isic":
+        root, victim = make_isic(tmp_path / "d", counts={"train": 4, "val": 1}), ("train/images/ISIC_train00002.png",
+                                                                                "ISIC_train00002")
+    elif layout == "polyp":
+        root = tmp_path / "d"
+        write_polyp_set(root / "TrainDataset", count=4)
+        victim = ("TrainDataset/masks/kva1.png", "kva1")
+    elif layout == "synapse":
+        root, victim = make_synapse(tmp_path / "d", train_cases=3, test_cases=1), ("train_npz/case0001_slice002.npz",
+                                                                                   "case0001")
+    else:
+        root, victim = make_nnunet(tmp_path / "d", train_cases=3, test_cases=1), ("labelsTr/caseTr001.nii.gz",
+                                                                                  "caseTr001")
+    config = TrainConfig(dataset="nifti" if layout == "nifti" else layout, data=str(root)).validate()
+
+    def prints():
+        data = prepare_training_data(config)
+        return {**case_fingerprints(data.train), **case_fingerprints(data.val)}
+
+    before = prints()
+    assert len(before) >= 3 and prints() == before
+    path = root / victim[0]
+    payload = bytearray(path.read_bytes())
+    payload[-1] ^= 0xFF  # one byte of the file: the same size and name
+    path.write_bytes(bytes(payload))
+    after = prints()
+    assert {case for case in before if before[case] != after[case]} == {victim[1]}

@@ -231,7 +231,8 @@ def refuse_existing_run(run_dir: Path) -> None:
 
 
 def record_split(run_dir: Path, config: TrainConfig, data: TrainingData, resume: bool) -> None:
-    """Write split.json (the case ids that train and that select); a resumed run must see the same cases."""
+    """Write split.json (the case ids that train and that select, and the fingerprints of their files' contents);
+    a resumed run must see the same cases."""
     if config.dataset == "demo":  # one volume built in memory: its slices are not cases
         return
     train_ids, val_ids = case_names(data.train), case_names(data.val)
@@ -243,7 +244,10 @@ def record_split(run_dir: Path, config: TrainConfig, data: TrainingData, resume:
                              f"trained on ({', '.join(changed[:3]) or 'the same cases, other folds'}); resume with "
                              "the data it trained on")
         return
-    write_split(run_dir, train_ids, val_ids)
+    from vmunet.data.fingerprints import case_fingerprints
+
+    fingerprints = {**(case_fingerprints(data.train) or {}), **(case_fingerprints(data.val) or {})}
+    write_split(run_dir, train_ids, val_ids, fingerprints or None)
 
 
 def check_first_samples(data: TrainingData) -> None:
