@@ -449,3 +449,45 @@ def test_fingerprints_change_with_a_files_bytes_and_only_for_its_case(tmp_path, 
     path.write_bytes(bytes(payload))
     after = prints()
     assert {case for case in before if before[case] != after[case]} == {victim[1]}
+
+
+# 15. a file name that is not valid UTF-8 is refused at the start, naming the file
+
+LATIN1 = b"caf\xe9"  # "café" in Latin-1: not valid UTF-8
+
+
+def bytes_named_copy(source: Path, folder: Path, suffix: bytes) -> str:
+    """Copy ``source`` to ``folder``/café<suffix> with the Latin-1 bytes on disk; returns the name as printed."""
+    target = os.path.join(os.fsencode(folder), LATIN1 + suffix)
+    with open(target, "wb") as handle:
+        handle.write(source.read_bytes())
+    return "caf\\xe9" + suffix.decode()
+
+
+@pytest.mark.parametrize("where", ["train isic", "train nnunet", "evaluate isic", "predict folder", "predict file"])
+def test_a_latin1_file_name_is_refused_at_the_start_naming_it(capsys, trained, tmp_path, where):
+    from builders import make_nnunet
+
+    data, run_dir = trained
+    if where == "train nnunet":
+        root = make_nnunet(tmp_path / "d", train_cases=3, test_cases=1)
+        shown = bytes_named_copy(root / "imagesTr" / "caseTr000_0000.nii.gz", root / "imagesTr", b"_0000.nii.gz")
+        bytes_named_copy(root / "labelsTr" / "caseTr000.nii.gz", root / "labelsTr", b".nii.gz")
+        command = ["train", "--preset", "nifti", *CV_TINY, "--epochs", 1, "--data", root, "--run-dir", tmp_path / "r"]
+    elif where.startswith("predict"):
+        shown = bytes_named_copy(next((data / "val" / "images").iterdir()), tmp_path, b".png")
+        given = tmp_path if where == "predict folder" else os.fsdecode(os.path.join(os.fsencode(tmp_path),
+                                                                                  LATIN1 + b".png"))
+        command = ["predict", "--run-dir", run_dir, given, "--out", tmp_path / "r"]
+    else:
+        root = tmp_path / "d"
+        shutil.copytree(data, root)
+        split = "train" if where == "train isic" else "val"
+        for sub in ("images", "masks"):
+            shown = bytes_named_copy(next((root / split / sub).iterdir()), root / split / sub, b".png")
+        command = (["train", *TINY, "--epochs", 1, "--data", root, "--run-dir", tmp_path / "r"] if where == "train isic"
+                   else ["evaluate", "--run-dir", run_dir, "--data", root, "--out", tmp_path / "r", "--no-progress"])
+    code, err, _ = run_cli(capsys, *command)
+    assert code == 2 and "\n" not in err, err
+    assert f"{shown}: file name is not valid UTF-8" in err and "rename it" in err
+    assert not (tmp_path / "r").exists()  # refused before anything was written

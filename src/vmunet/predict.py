@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from vmunet.data.dicom import DicomSeries, dicom_files, find_series, looks_like_dicom, read_dicom_series
-from vmunet.data.readers import (input_kind, list_folder, output_stem, read_h5_volume, read_image_file,
-                                 read_nifti_case, read_nifti_volume, read_sitk_volume, sitk_labels)
+from vmunet.data.readers import (check_file_name, input_kind, list_folder, output_stem, printable_path,
+                                 read_h5_volume, read_image_file, read_nifti_case, read_nifti_volume,
+                                 read_sitk_volume, sitk_labels)
 from vmunet.inference import Ensemble, Prediction, Predictor, check_ensemble_runs, load_predictor
 from vmunet.ops.workspace import scan_workspace
 from vmunet.postprocessing import load_for_run, postprocess_prediction
@@ -44,7 +45,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple
     for raw in inputs:
         path = Path(raw)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: input not found")
+            raise FileNotFoundError(f"{printable_path(path)}: input not found")
+        check_file_name(path)  # folders are listed by list_folder, which checks every name in them
         if path.is_dir():
             found = [p for p in list_folder(path) if input_kind(p)]
             if not found and not dicom_files(path):  # a DICOM folder's series: ``collect_series``
