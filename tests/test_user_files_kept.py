@@ -303,7 +303,7 @@ def test_export_refuses_an_existing_file_until_overwrite(capsys, tmp_path):
 
 # 13. a DICOM folder given as "." is named after itself; an ensemble's member given twice is refused
 
-@pytest.mark.parametrize("spelling", [".", "./", "../CT_0001", "sub/.."])
+@pytest.mark.parametrize("spelling", [".", "./", "sub/.."])
 def test_a_dicom_folder_given_as_dot_writes_an_output_named_after_the_folder(tmp_path, monkeypatch, spelling):
     pytest.importorskip("SimpleITK")
     from test_dicom_and_image_policy import known_run, series_truth, write_series
