@@ -1,6 +1,6 @@
 """Content fingerprints of training cases: a digest of the bytes of the files each case is read from.
 
-    fingerprints = case_fingerprints(data.train)        # {case id: "blake2b:..."}
+    fingerprints = case_fingerprints(data.train)        # {case id: "sha256:..."}
 
 Recorded in a run's split.json when it trains, and recomputed by ``vmunet cv``: a case whose image or mask
 changed under the same name is found, which names alone (or sizes and times) cannot tell. The bytes are read in
@@ -16,11 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CHUNK = 1 << 20
-ALGORITHM = "blake2b"
+ALGORITHM = "sha256"  # hardware-accelerated on most CPUs (SHA-NI, ARMv8): faster than blake2b there
 
 
 def file_digest(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=16)
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
@@ -68,7 +68,7 @@ def case_files(samples: Sequence) -> dict[str, list[Path]] | None:
 
 
 def case_fingerprints(samples: Sequence, threads: int | None = None) -> dict[str, str] | None:
-    """{case id: "blake2b:<hex>"}, the digest of its files' digests in order; None when the samples are not read
+    """{case id: "sha256:<hex>"}, the digest of its files' digests in order; None when the samples are not read
     from files. A file that cannot be read raises an OSError naming it."""
     files = case_files(samples)
     if files is None:
@@ -79,7 +79,7 @@ def case_fingerprints(samples: Sequence, threads: int | None = None) -> dict[str
         digests = dict(zip(every, pool.map(file_digest, every)))
     fingerprints = {}
     for case, paths in sorted(files.items()):
-        combined = hashlib.blake2b(digest_size=16)
+        combined = hashlib.sha256()
         for path in paths:
             combined.update(digests[path].encode())
         fingerprints[case] = f"{ALGORITHM}:{combined.hexdigest()}"
