@@ -491,3 +491,19 @@ def test_a_latin1_file_name_is_refused_at_the_start_naming_it(capsys, trained, t
     assert code == 2 and "\n" not in err, err
     assert f"{shown}: file name is not valid UTF-8" in err and "rename it" in err
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("argument", ["--data", "--run-dir"])
+def test_a_latin1_folder_given_on_the_command_line_is_refused_at_the_start(capsys, tmp_path, argument):
+    data = make_isic(tmp_path / "data", counts={"train": 4, "val": 1})
+    latin1 = os.fsdecode(os.path.join(os.fsencode(tmp_path), LATIN1))  # the str Python makes of those bytes
+    if argument == "--data":
+        shutil.copytree(data, latin1)
+        paths = ["--data", latin1, "--run-dir", tmp_path / "r"]
+    else:
+        paths = ["--data", data, "--run-dir", latin1]
+    code, err, _ = run_cli(capsys, "train", *TINY, "--epochs", 1, *paths)
+    assert code == 2 and "\n" not in err
+    assert "caf\\xe9: command-line argument is not valid UTF-8" in err
+    assert not (tmp_path / "r").exists()
+    assert not os.path.exists(os.path.join(os.fsencode(tmp_path), LATIN1, b"run.json"))

@@ -410,8 +410,22 @@ def one_line(error: BaseException) -> str:
     return text
 
 
+def check_arguments_are_utf8(argv: list[str]) -> None:
+    """A path typed in another encoding (a Latin-1 folder name: Python holds its bytes as surrogates) is refused
+    at the start, as a file of that name inside a data folder is (``vmunet.data.readers.check_file_name``): it
+    would be written into config.yaml, summary.json and the console, which are UTF-8 text."""
+    for argument in argv:
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(argument).decode("utf-8", "backslashreplace")
+            raise ValueError(f"{shown}: command-line argument is not valid UTF-8 (a file or folder name in another "
+                             "encoding); rename it, e.g. convmv -f latin1 -t utf-8 --notest NAME") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     from vmunet.train import NonFiniteLossError
@@ -419,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     from vmunet.ops import use_backend
 
     try:
+        check_arguments_are_utf8(argv)
         # "auto" in the models means this choice (export always records the plain-ops scan)
         with use_backend(getattr(args, "scan_backend", "auto")):
             return args.func(args)
