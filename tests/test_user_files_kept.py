@@ -507,3 +507,12 @@ def test_a_latin1_folder_given_on_the_command_line_is_refused_at_the_start(capsy
     assert "caf\\xe9: command-line argument is not valid UTF-8" in err
     assert not (tmp_path / "r").exists()
     assert not os.path.exists(os.path.join(os.fsencode(tmp_path), LATIN1, b"run.json"))
+
+
+def test_an_export_that_fails_makes_no_folder_for_its_out_file(capsys, tmp_path):
+    run = random_run(tmp_path / "run")
+    (run / "checkpoints" / "best.pt").unlink()
+    out = tmp_path / "new" / "deploy" / "model.onnx"
+    code, err, _ = run_cli(capsys, "export", "--run-dir", run, "--out", out, "--no-check")
+    assert code == 2 and "best.pt" in err
+    assert not (tmp_path / "new").exists()
