@@ -489,8 +489,16 @@ def test_a_latin1_file_name_is_refused_at_the_start_naming_it(capsys, trained, t
                    else ["evaluate", "--run-dir", run_dir, "--data", root, "--out", tmp_path / "r", "--no-progress"])
     code, err, _ = run_cli(capsys, *command)
     assert code == 2 and "\n" not in err, err
-    assert f"{shown}: file name is not valid UTF-8" in err and "rename it" in err
+    # a file given on the command line is the CLI's argument check, the same rule in other words
+    what = "command-line argument" if where == "predict file" else "file name"
+    assert f"{shown}: {what} is not valid UTF-8" in err and "rename it" in err
     assert not (tmp_path / "r").exists()  # refused before anything was written
+    if where == "predict file":  # and the API refuses it too
+        from vmunet.predict import predict_paths
+
+        with pytest.raises(ValueError, match="file name is not valid UTF-8"):
+            predict_paths(run_dir, [given], tmp_path / "r")
+        assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize("argument", ["--data", "--run-dir"])
