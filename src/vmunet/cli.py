@@ -66,7 +66,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     evaluate(args.run_dir, data_dir=args.data, split=args.split, checkpoint=args.checkpoint, device=args.device,
              batch_size=args.batch_size, allow_pickle=args.trust_checkpoint, progress=not args.no_progress,
-             out_dir=args.out, postprocessing=args.postprocessing)
+             out_dir=args.out, postprocessing=args.postprocessing, overwrite=args.overwrite)
     return 0
 
 
@@ -135,6 +135,8 @@ def add_evaluate_parser(sub) -> None:
                    help="a run folder; several: their ensemble (averaged probabilities; needs --out)")
     p.add_argument("--out", metavar="DIR",
                    help="where summary.json and per_case.csv go (default RUN_DIR/eval; required for an ensemble)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a summary.json or per_case.csv already in --out (default: an error)")
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the (first) run trained on)")
     p.add_argument("--split", choices=["val", "test"], default="test", help="default test")
     p.add_argument("--checkpoint", default="best", help="best (default), last or a PATH")
@@ -151,7 +153,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from vmunet.cv import cross_validate
 
     cross_validate(args.run_dirs, args.out, data_dir=args.data, checkpoint=args.checkpoint, device=args.device,
-                   batch_size=args.batch_size, allow_pickle=args.trust_checkpoint, progress=not args.no_progress)
+                   batch_size=args.batch_size, allow_pickle=args.trust_checkpoint, progress=not args.no_progress,
+                   overwrite=args.overwrite)
     return 0
 
 
@@ -163,6 +166,9 @@ def add_cv_parser(sub) -> None:
                                    "OUT/per_case.csv, OUT/summary.json and OUT/postprocessing.json.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="the K run folders, one per fold")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a per_case.csv, summary.json or postprocessing.json already in --out (default: an "
+                        "error)")
     p.add_argument("--data", metavar="DIR", help="dataset folder (default: the one the runs trained on)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="each fold's checkpoint (best)")
     p.add_argument("--device", default="auto")
@@ -225,6 +231,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--skip-existing", action="store_true",
                         help="skip inputs whose output exists (rerun an interrupted predict)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace files already in --out that have an output's name (without it, any such file "
+                             "is an error before anything is written)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write OUT/STEM.npz beside each mask: key probabilities, float32 (K, H, W) or "
                              "(K, D, H, W) in the input's axis order, K classes including the background")
@@ -272,7 +281,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                 overlay=args.overlay, batch_size=args.batch_size, device=args.device,
                                 skip_existing=args.skip_existing, save_probabilities=args.save_probabilities,
                                 allow_pickle=args.trust_checkpoint, postprocessing=args.postprocessing,
-                                dicom_seg=args.dicom_seg)
+                                dicom_seg=args.dicom_seg, overwrite=args.overwrite)
     print(f"vmunet predict: {summary.describe()}; outputs in {args.out}")
     return summary.exit_code
 
@@ -307,6 +316,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", default="onnx", choices=FORMATS,
                         help="onnx, torchscript, pt2 or monai-bundle (default onnx)")
     parser.add_argument("--out", required=True, help="file to write, e.g. model.onnx (monai-bundle: a new folder)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out file (default: an error; a bundle's folder must be new)")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                         help="input height and width, multiples of 32 (default: the run's training size)")
     parser.add_argument("--opset", type=int, help="ONNX opset (default 17)")
@@ -319,7 +330,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from vmunet.runtime.run_folder import load_model_from_run
 
     path = export_model(args.run_dir, args.out, format=args.format, image_size=args.image_size,
-                        checkpoint=args.checkpoint, opset=args.opset, allow_pickle=args.trust_checkpoint)
+                        checkpoint=args.checkpoint, opset=args.opset, allow_pickle=args.trust_checkpoint,
+                        overwrite=args.overwrite)
     if args.format == "monai-bundle":  # same labels as vmunet predict: tests/test_monai.py checks it
         print(f"vmunet export: wrote the MONAI bundle {path} (run it: python -m monai.bundle run --config_file "
               f"{path / 'configs' / 'inference.json'} --dataset_dir IN --output_dir OUT)")
@@ -474,8 +486,22 @@ def one_line(error: BaseException) -> str:
     return text
 
 
+def check_arguments_are_utf8(argv: list[str]) -> None:
+    """A path typed in another encoding (a Latin-1 folder name: Python holds its bytes as surrogates) is refused
+    at the start, as a file of that name inside a data folder is (``vmunet.data.readers.check_file_name``): it
+    would be written into config.yaml, summary.json and the console, which are UTF-8 text."""
+    for argument in argv:
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(argument).decode("utf-8", "backslashreplace")
+            raise ValueError(f"{shown}: command-line argument is not valid UTF-8 (a file or folder name in another "
+                             "encoding); rename it, e.g. convmv -f latin1 -t utf-8 --notest NAME") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     from vmunet.train import NonFiniteLossError
@@ -483,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     from vmunet.ops import use_backend
 
     try:
+        check_arguments_are_utf8(argv)
         # "auto" in the models means this choice (export always records the plain-ops scan)
         with use_backend(getattr(args, "scan_backend", None) or "auto"):
             return args.func(args)

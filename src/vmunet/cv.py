@@ -35,7 +35,7 @@ from vmunet.config import TrainConfig, config_from_dict
 from vmunet.ops.workspace import scan_workspace
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, read_config_dict, read_run_info, read_split
-from vmunet.runtime.writers import publish_together
+from vmunet.runtime.writers import publish_together, refuse_existing_outputs
 
 OUTPUTS = ("per_case.csv", "summary.json", "postprocessing.json")
 
@@ -99,6 +99,107 @@ def check_folds(runs: list[FoldRun]) -> None:
     if len(pools) > 1 or len(held) != len(set(held)) or set(held) != set(next(iter(pools))) or overlap:
         raise ValueError(f"{_names(runs)}: the split.json files are not the folds of one split (the cases differ, "
                          "or a case is held out by two folds)")
+
+
+# What says how a fold ran, not what it trained: may differ between the folds of one split (the data folder is
+# compared resolved, in check_folds).
+HOW_IT_RAN = ("fold", "data", "device", "num_workers", "detect_anomaly", "dist_timeout_minutes", "scan_backend",
+              "deterministic")
+
+
+def check_fold_settings(runs: list[FoldRun]) -> None:
+    """Every training setting (config.yaml but ``HOW_IT_RAN``, and run.json's model) is the same in every fold:
+    folds of another model, image size, lr or epoch count are not one configuration's cross-validation."""
+    settings = [{**{k: v for k, v in run.config.to_dict().items() if k not in HOW_IT_RAN},
+                 "model_config": run.info.model_config, "normalization": run.info.normalization,
+                 "interpolation": run.info.interpolation} for run in runs]
+    differences = []
+    for key in settings[0]:
+        groups: dict[str, list[FoldRun]] = {}
+        for run, values in zip(runs, settings):
+            groups.setdefault(json.dumps(values.get(key), sort_keys=True, default=str), []).append(run)
+        if len(groups) > 1:
+            differences.append(f"{key} " + " vs ".join(f"{value} ({_names(group)})" for value, group in groups.items()))
+    if differences:
+        more = f" and {len(differences) - 2} more" if len(differences) > 2 else ""
+        raise ValueError(f"{_names(runs)}: the folds were trained with different settings: "
+                         f"{'; '.join(differences[:2])}{more}; the folds of one split share every setting but --fold")
+
+
+def checkpoint_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint was saved at, read without loading its tensors (memory-mapped)."""
+    import torch
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({str(error).splitlines()[0]})") from None
+    epoch = payload.get("epoch") if isinstance(payload, dict) else None
+    return int(epoch) if isinstance(epoch, (int, float)) else None
+
+
+def epochs_trained(run_dir: Path) -> int | None:
+    """The epochs a run finished: its last.pt's epoch, else the last row of history.csv (last.pt deleted to save
+    space); None when neither says."""
+    from vmunet.runtime.run_folder import checkpoint_dir
+
+    last = checkpoint_dir(run_dir) / "last.pt"
+    if last.is_file():
+        return checkpoint_epoch(last)
+    history = run_dir / "history.csv"
+    if history.is_file():
+        with open(history, newline="", encoding="utf-8") as handle:
+            epochs = [int(row["epoch"]) for row in csv.DictReader(handle) if (row.get("epoch") or "").isdigit()]
+        return max(epochs, default=None)
+    return None
+
+
+def check_folds_finished(runs: list[FoldRun]) -> dict[int, int]:
+    """{fold: epochs trained}; a fold that stopped before its planned epochs (killed, or still running) is an
+    error naming it: its best.pt is another model than the finished folds'."""
+    trained = {}
+    for run in runs:
+        done, planned = epochs_trained(run.run_dir), run.config.epochs
+        if done is None:
+            raise ValueError(f"{run.run_dir}: cannot tell whether fold {run.config.fold} finished its {planned} epochs "
+                             "(no checkpoints/last.pt or history.csv)")
+        if done < planned:
+            raise ValueError(f"{run.run_dir}: fold {run.config.fold} stopped at epoch {done} of {planned}; finish it "
+                             f"(vmunet train --run-dir {run.run_dir} --resume), then run vmunet cv again")
+        trained[run.config.fold] = done
+    return trained
+
+
+def check_contents_unchanged(runs: list[FoldRun], data_dir: str | Path | None) -> list[str]:
+    """The fingerprints of the training cases' files (split.json, recorded when each fold trained) agree between
+    the folds and with the data now; an error names the cases whose contents differ. Returns warnings for runs
+    trained before fingerprints were recorded (their contents cannot be compared)."""
+    from vmunet.data.fingerprints import case_fingerprints
+    from vmunet.data.splits import training_case_samples
+    from vmunet.runtime.run_folder import read_fingerprints
+
+    recorded = {run.run_dir: read_fingerprints(run.run_dir) for run in runs}
+    warnings = [f"warning: {run}: split.json has no content fingerprints (trained before they were recorded): "
+                "files changed under the same names cannot be detected" for run, prints in recorded.items()
+                if prints is None]
+    known = [(run, prints) for run, prints in recorded.items() if prints is not None]
+    if not known:
+        return warnings
+    first_run, first = known[0]
+    for run, prints in known[1:]:
+        differ = sorted(case for case in set(first) & set(prints) if first[case] != prints[case])
+        if differ:
+            raise ValueError(f"{first_run}, {run}: the folds trained on different contents of {len(differ)} case(s) "
+                             f"(e.g. {', '.join(differ[:3])}); train every fold on the same data")
+    now = case_fingerprints(training_case_samples(runs[0].config, data_dir)) or {}
+    then = {case: value for _, prints in known for case, value in prints.items()}
+    changed = sorted(case for case in set(now) & set(then) if now[case] != then[case])
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise ValueError(f"{data_dir or runs[0].config.data}: the contents of {len(changed)} training case(s) changed "
+                         f"since {_names(runs)} were trained ({', '.join(changed[:3])}{more}: other image or mask "
+                         "bytes under the same names); give --data the data they trained on, or train the folds again")
+    return warnings
 
 
 def check_data_unchanged(runs: list[FoldRun], data_dir: str | Path | None) -> None:
@@ -222,24 +323,33 @@ def write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """--out is a folder (or will be) that holds none of the outputs yet, unless ``overwrite`` (a run's eval/
+    folder holds ``vmunet evaluate``'s summary.json and per_case.csv)."""
+
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: --out must be a folder, and this is a file")
+    refuse_existing_outputs(out_dir, [out_dir / name for name in OUTPUTS], overwrite)
 
 
 def cross_validate(run_dirs: list[str | Path], out_dir: str | Path, data_dir: str | Path | None = None,
                    checkpoint: str = "best", device: str = "auto", batch_size: int = 8, allow_pickle: bool = False,
-                   progress: bool = True, echo=print, load_predictor=None) -> dict:
-    """Check the folds, predict out of fold, write OUT/{per_case.csv, summary.json, postprocessing.json}."""
+                   progress: bool = True, echo=print, load_predictor=None, overwrite: bool = False) -> dict:
+    """Check the folds, predict out of fold, write OUT/{per_case.csv, summary.json, postprocessing.json} (any of
+    them already there is an error before anything runs, unless ``overwrite``)."""
     from vmunet import metrics
     from vmunet.evaluate import default_names
     from vmunet.postprocessing import choose_from_scores
 
     out_dir = Path(out_dir)
-    check_out_dir(out_dir)
+    check_out_dir(out_dir, overwrite)
     runs = [read_fold_run(run_dir) for run_dir in run_dirs]
     check_folds(runs)
+    check_fold_settings(runs)
+    trained = check_folds_finished(runs)
     check_data_unchanged(runs, data_dir)
+    for warning in check_contents_unchanged(runs, data_dir):
+        echo(warning)
     info = runs[0].info
     classes = max(info.num_classes, 2)
     names = info.label_names if len(info.label_names) == classes else default_names(classes)
@@ -251,6 +361,8 @@ def cross_validate(run_dirs: list[str | Path], out_dir: str | Path, data_dir: st
     summary.update(checkpoint=checkpoint, data=str(data_dir or runs[0].config.data), dataset=runs[0].config.dataset,
                    seed=runs[0].config.seed, nsd_tolerance_mm=runs[0].config.nsd_tolerance_mm,
                    runs={str(run.config.fold): str(run.run_dir) for run in sorted(runs, key=lambda r: r.config.fold)},
+                   fold_epochs={str(run.config.fold): fold_epochs(run, trained[run.config.fold], checkpoint)
+                                for run in sorted(runs, key=lambda r: r.config.fold)},
                    std="sample standard deviation (ddof 1); NaN entries (a class absent from an image, an "
                        "undefined HD95) are left out of every mean and standard deviation",
                    iou="IoU = DSC / (2 - DSC) per case and class where the protocol has none",
@@ -261,6 +373,16 @@ def cross_validate(run_dirs: list[str | Path], out_dir: str | Path, data_dir: st
                             "postprocessing.json": json.dumps(choice, indent=2) + "\n"})
     echo(describe(summary, choice, out_dir))
     return {"summary": summary, "rows": rows, "postprocessing": choice}
+
+
+def fold_epochs(run: FoldRun, trained: int, checkpoint: str) -> dict:
+    """What summary.json records of a fold's training: epochs planned and trained, and the epoch of the
+    checkpoint that predicted its cases."""
+    from vmunet.runtime.run_folder import resolve_checkpoint
+
+    path = resolve_checkpoint(run.run_dir, checkpoint)
+    return {"planned": run.config.epochs, "trained": trained,
+            "checkpoint_epoch": checkpoint_epoch(path) if path.is_file() else None}
 
 
 def describe(summary: dict, choice: dict, out_dir: Path) -> str:

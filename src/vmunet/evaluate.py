@@ -27,7 +27,7 @@ from vmunet.ops.workspace import scan_workspace
 from vmunet.postprocessing import Postprocessing, apply_postprocessing, load_for_run
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_config_dict
-from vmunet.runtime.writers import check_output_folder, publish_together
+from vmunet.runtime.writers import check_output_folder, publish_together, refuse_existing_outputs
 
 
 def case_metrics(kind: str, pred, case: dict, num_classes: int, nsd_tolerance_mm: float) -> dict:
@@ -114,6 +114,16 @@ def binary_table(pooled: dict, per_image: dict) -> str:
     return "\n".join(lines)
 
 
+EVALUATION_FILES = ("summary.json", "per_case.csv")
+
+
+def check_evaluation_folder(out_dir: str | Path, overwrite: bool) -> None:
+    """A user's --out: writable, and holding no summary.json or per_case.csv unless ``overwrite`` (the run's own
+    eval/ folder, the default, holds the previous evaluation, which a new one replaces)."""
+    check_output_folder(out_dir)
+    refuse_existing_outputs(out_dir, [Path(out_dir) / name for name in EVALUATION_FILES], overwrite)
+
+
 def write_evaluation(run_dir: str | Path, evaluation: dict, eval_dir: str | Path | None = None) -> None:
     """eval/summary.json and eval/per_case.csv (in ``eval_dir`` when given), each written whole or not at all."""
     from vmunet import metrics
@@ -131,19 +141,20 @@ def write_evaluation(run_dir: str | Path, evaluation: dict, eval_dir: str | Path
 def evaluate(run_dir: str | Path | list[str | Path], data_dir: str | Path | None = None, split: str = "test",
              checkpoint: str = "best", device: str = "auto", batch_size: int = 8, allow_pickle: bool = False,
              progress: bool = True, echo=print, out_dir: str | Path | None = None,
-             postprocessing: str | Path | None = None) -> dict:
+             postprocessing: str | Path | None = None, overwrite: bool = False) -> dict:
     """Evaluate a run on ``split`` of its dataset; writes RUN_DIR/eval/{summary.json, per_case.csv}, or
-    OUT_DIR/... when ``out_dir`` is given. Several runs (a list): their ensemble, ``out_dir`` required."""
+    OUT_DIR/... when ``out_dir`` is given (existing ones there replaced only with ``overwrite``). Several runs (a
+    list): their ensemble, ``out_dir`` required."""
     from vmunet.data.splits import evaluation_cases
 
     runs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
     if len(runs) > 1:
         return evaluate_ensemble(runs, out_dir, data_dir=data_dir, split=split, checkpoint=checkpoint,
                                  device=device, batch_size=batch_size, allow_pickle=allow_pickle, progress=progress,
-                                 echo=echo, postprocessing=postprocessing)
+                                 echo=echo, postprocessing=postprocessing, overwrite=overwrite)
     run_dir = runs[0]
     if out_dir is not None:
-        check_output_folder(out_dir)
+        check_evaluation_folder(out_dir, overwrite)
     model, info, payload = load_model_from_run(run_dir, checkpoint, allow_pickle=allow_pickle)
     spec = load_for_run(postprocessing, info)
     config = config_from_dict(read_config_dict(run_dir))
@@ -161,7 +172,7 @@ def evaluate(run_dir: str | Path | list[str | Path], data_dir: str | Path | None
 def evaluate_ensemble(run_dirs: list[str | Path], out_dir: str | Path | None, data_dir: str | Path | None = None,
                       split: str = "test", checkpoint: str = "best", device: str = "auto", batch_size: int = 8,
                       allow_pickle: bool = False, progress: bool = True, echo=print,
-                      postprocessing: str | Path | None = None) -> dict:
+                      postprocessing: str | Path | None = None, overwrite: bool = False) -> dict:
     """The ensemble of ``run_dirs`` on ``split`` of the first run's dataset (its config, or ``data_dir``);
     writes OUT_DIR/{summary.json, per_case.csv}, the members recorded in the summary."""
     from vmunet.data.splits import evaluation_cases
@@ -172,7 +183,7 @@ def evaluate_ensemble(run_dirs: list[str | Path], out_dir: str | Path | None, da
                          "folder of its own: give --out DIR for its summary.json and per_case.csv")
     infos = check_ensemble_runs(run_dirs, checkpoint)  # before the output folder is made
     spec = load_for_run(postprocessing, infos[0])
-    check_output_folder(out_dir)
+    check_evaluation_folder(out_dir, overwrite)
     config = config_from_dict(read_config_dict(run_dirs[0]))
     kind, cases = evaluation_cases(config, data_dir, split)
     if len(cases) == 0:

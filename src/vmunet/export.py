@@ -22,7 +22,8 @@ import torch
 
 from vmunet.models import VMUNet, VMUNetV2
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, run_folder_files
-from vmunet.runtime.writers import atomic_write_bytes, check_output_file, refuse_overwriting
+from vmunet.runtime.writers import (atomic_write_bytes, check_output_file, refuse_existing_outputs,
+                                   refuse_overwriting)
 
 FORMATS = ("onnx", "torchscript", "pt2", "monai-bundle")
 DEFAULT_OPSET = 17  # LayerNormalization as one node; onnxruntime >= 1.12 runs it
@@ -139,22 +140,25 @@ def export_pt2(model_or_run_dir: VMUNet | str | Path, out_path: str | Path,
     return out_path
 
 
-def check_destination(out_path: str | Path, model_or_run_dir) -> None:
-    """Before any export work: ``out_path`` is a writable file name that is not one of the run's own files."""
+def check_destination(out_path: str | Path, model_or_run_dir, overwrite: bool = False) -> None:
+    """Before any export work: ``out_path`` is a writable file name that is not one of the run's own files, nor
+    an existing file unless ``overwrite``."""
     check_output_file(out_path)
     if not isinstance(model_or_run_dir, torch.nn.Module):
         refuse_overwriting([out_path], run_folder_files(model_or_run_dir))
+    refuse_existing_outputs(Path(out_path).parent, [out_path], overwrite)
 
 
 def export_model(model_or_run_dir: VMUNet | str | Path, out_path: str | Path, format: str = "onnx",
                  image_size: int | Sequence[int] | None = None, checkpoint: str = "best", opset: int | None = None,
-                 allow_pickle: bool = False) -> Path:
-    """Dispatch on ``format``: "onnx", "torchscript", "pt2" or "monai-bundle" (``out_path`` a folder)."""
+                 allow_pickle: bool = False, overwrite: bool = False) -> Path:
+    """Dispatch on ``format``: "onnx", "torchscript", "pt2" or "monai-bundle" (``out_path`` a folder). An existing
+    ``out_path`` file is replaced only with ``overwrite``; a bundle's folder must be new or empty either way."""
     if format not in FORMATS:
         raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     if format == "monai-bundle":
         return export_bundle(model_or_run_dir, out_path, image_size, checkpoint, opset, allow_pickle)
-    check_destination(out_path, model_or_run_dir)
+    check_destination(out_path, model_or_run_dir, overwrite)
     common = dict(image_size=image_size, checkpoint=checkpoint, allow_pickle=allow_pickle)
     if format == "onnx":
         return export_onnx(model_or_run_dir, out_path, opset=opset, **common)

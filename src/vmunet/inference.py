@@ -281,6 +281,13 @@ def check_ensemble_runs(run_dirs: Sequence[str | Path], checkpoint: str = "best"
     if checkpoint not in ("best", "last"):
         raise ValueError(f"--checkpoint {checkpoint}: one file cannot be every member's checkpoint; with several "
                          "run folders use best or last")
+    counts = {}  # the same run twice would weigh it double: not an ensemble of different models
+    for run_dir in run_dirs:
+        counts.setdefault(Path(run_dir).resolve(), []).append(str(run_dir))
+    twice = next((names for names in counts.values() if len(names) > 1), None)
+    if twice:
+        raise ValueError(f"{twice[-1]}: given twice as an ensemble member ({' and '.join(twice)}); give each run "
+                         "folder once")
     infos = [read_run_info(run_dir) for run_dir in run_dirs]
     check_ensemble_members(run_dirs, infos)
     return infos

@@ -9,6 +9,7 @@ by its stem, the summary. Reading is ``vmunet.data.readers``, the prediction its
 
 from __future__ import annotations
 
+import glob
 import sys
 import time
 import zlib
@@ -20,15 +21,17 @@ import numpy as np
 import torch
 
 from vmunet.data.dicom import DicomSeries, dicom_files, find_series, looks_like_dicom, read_dicom_series
-from vmunet.data.readers import (input_kind, list_folder, output_stem, read_h5_volume, read_image_file,
-                                 read_nifti_case, read_nifti_volume, read_sitk_volume, sitk_labels)
+from vmunet.data.readers import (check_file_name, input_kind, list_folder, output_stem, printable_path,
+                                 read_h5_volume, read_image_file, read_nifti_case, read_nifti_volume,
+                                 read_sitk_volume, sitk_labels)
 from vmunet.inference import Ensemble, Prediction, Predictor, check_ensemble_runs, load_predictor
 from vmunet.ops.workspace import scan_workspace
 from vmunet.postprocessing import load_for_run, postprocess_prediction
 from vmunet.runtime.dicom_seg import highdicom, write_dicom_seg
 from vmunet.runtime.run_folder import run_folder_files
 from vmunet.runtime.writers import (atomic_write_bytes, check_output_folder, index_png, mask_png,
-                                   refuse_overwriting, write_label_volume, write_png, write_sitk)
+                                   refuse_existing_outputs, refuse_overwriting, write_label_volume, write_png,
+                                   write_sitk)
 
 __all__ = ["Ensemble", "PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files",
            "plan_outputs", "predict_paths", "probabilities_file", "run_folders"]
@@ -43,7 +46,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple
     for raw in inputs:
         path = Path(raw)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: input not found")
+            raise FileNotFoundError(f"{printable_path(path)}: input not found")
+        check_file_name(path)  # folders are listed by list_folder, which checks every name in them
         if path.is_dir():
             found = [p for p in list_folder(path) if input_kind(p)]
             if not found and not dicom_files(path):  # a DICOM folder's series: ``collect_series``
@@ -189,11 +193,18 @@ def probabilities_file(job: _Job) -> Path:
     return job.output.with_name(f"{job.stem}.npz")
 
 
+def dicom_seg_file(job: _Job, out_dir: Path) -> Path:
+    """Where ``--dicom-seg`` writes a DICOM series' SEG: ``<stem>.seg.dcm``."""
+    return out_dir / f"{job.stem}.seg.dcm"
+
+
 def planned_files(jobs: list[_Job], out_dir: Path, overlay: bool, save_probabilities: bool,
-                  inputs: list[Path]) -> list[Path]:
-    """Every file predict may write: label maps, probabilities and overlays (a volume's overlays are named
-    by slice: any input named like one of them counts)."""
+                  inputs: list[Path], dicom_seg: bool = False) -> list[Path]:
+    """Every file predict may write: label maps (an .mhd's data file beside it), probabilities, DICOM SEGs and
+    overlays (a volume's overlays are named by slice: any input named like one of them counts)."""
     planned = [job.output for job in jobs]
+    planned += [job.output.with_suffix(".zraw") for job in jobs if job.output.suffix == ".mhd"]  # write_sitk's
+    planned += [dicom_seg_file(job, out_dir) for job in jobs if dicom_seg and job.series is not None]
     by_npz = {}
     for job in jobs:
         if save_probabilities:
@@ -205,10 +216,11 @@ def planned_files(jobs: list[_Job], out_dir: Path, overlay: bool, save_probabili
             planned.append(npz)
         if overlay and job.kind == "image":
             planned.append(out_dir / "overlays" / f"{job.stem}.png")
-        elif overlay:
+        elif overlay:  # its slices are chosen when predicted: any file named like one of them counts
             overlays = (out_dir / "overlays").resolve()
             planned.extend(path for path in inputs if path.resolve().parent == overlays
                            and path.name.startswith(f"{job.stem}_slice"))
+            planned.extend(sorted((out_dir / "overlays").glob(f"{glob.escape(job.stem)}_slice*.png")))
     return planned
 
 
@@ -230,7 +242,8 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
                   checkpoint: str = "best", tta: bool = False, overlay: bool = False, batch_size: int = 8,
                   device: str = "auto", skip_existing: bool = False, save_probabilities: bool = False,
                   allow_pickle: bool = False, report: Callable[[str], None] = _stderr,
-                  postprocessing: str | Path | None = None, dicom_seg: bool = False) -> PredictSummary:
+                  postprocessing: str | Path | None = None, dicom_seg: bool = False,
+                  overwrite: bool = False) -> PredictSummary:
     """Predict image files, volumes and folders of them into ``out_dir`` with one run, or with several
     (``run_dir`` a list): their ensemble, ``vmunet.inference.Ensemble``.
 
@@ -249,9 +262,16 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
 
     An input that cannot be read or predicted is reported (one line through ``report``) and skipped; the
     others are still predicted, and the summary's ``exit_code`` is 1.
+
+    Before anything is written: an output that would replace an input or a run's file is an error, and so is
+    one that already exists in ``out_dir`` (a dataset's ground truth, an earlier result) unless ``overwrite``
+    (``skip_existing`` leaves an input whose label map exists alone, and writes none of its files). ``out_dir``
+    is made by the first output written into it.
     """
     from vmunet.runtime.run_folder import read_run_info
 
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1 (got {batch_size})")
     runs = run_folders(run_dir)
     out_dir = Path(out_dir)
     files, problems = collect_inputs(inputs)
@@ -270,17 +290,19 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
     problems += unreadable
     inputs_read += [path for one in series for path in one.files]
     jobs = plan_outputs(files, out_dir, cases, series)
-    planned = planned_files(jobs, out_dir, overlay, save_probabilities, inputs_read)  # its errors come first
+    planned = planned_files(jobs, out_dir, overlay, save_probabilities, inputs_read, dicom_seg)  # errors first
     out_existed = out_dir.exists()  # a folder made here and left empty (every input skipped) is removed
     check_output_folder(out_dir)
     refuse_overwriting(planned, inputs_read + [path for run in runs for path in run_folder_files(run)])
     summary = PredictSummary()
-    for path, problem in problems:
-        summary.failed.append((path, problem))
-        report(f"skipped {path}: {problem}")
     if skip_existing:
         summary.skipped = [job.output for job in jobs if job.output.is_file()]
         jobs = [job for job in jobs if not job.output.is_file()]
+        planned = planned_files(jobs, out_dir, overlay, save_probabilities, inputs_read, dicom_seg)
+    refuse_existing_outputs(out_dir, planned, overwrite)
+    for path, problem in problems:
+        summary.failed.append((path, problem))
+        report(f"skipped {path}: {problem}")
     if not jobs:
         _remove_if_empty(out_dir, out_existed)
         return summary
@@ -347,7 +369,7 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
             continue
         if dicom_seg and job.series is not None:  # before the label map, which marks the input complete
             try:
-                write_dicom_seg(out_dir / f"{job.stem}.seg.dcm", prediction.labels, job.series,
+                write_dicom_seg(dicom_seg_file(job, out_dir), prediction.labels, job.series,
                                 predictor.info.label_names, predictor.num_classes)
             except (OSError, ValueError) as error:
                 fail(job, error)

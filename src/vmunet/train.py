@@ -209,13 +209,27 @@ def resume_config(config: TrainConfig, run_dir: Path, changes: dict | None = Non
 
 
 def refuse_existing_run(run_dir: Path) -> None:
-    """A folder is a run once it holds a checkpoint; the leftovers of a failed start are not one."""
+    """A fresh start writes config.yaml, run.json, history.csv and split.json, so it refuses a folder that holds
+    any of them: run.json or a checkpoint make the folder a run (``--resume`` continues it); any other one is
+    a file this training did not write (a hand-written config.yaml, say), which it must never replace."""
+    checkpoints = sorted(checkpoint_dir(run_dir).glob("*.pt")) if checkpoint_dir(run_dir).is_dir() else []
     if (checkpoint_dir(run_dir) / "last.pt").is_file():
         raise ValueError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --run-dir")
+    if (run_dir / "run.json").exists() or checkpoints:
+        held = ", ".join(p.name for p in [run_dir / "run.json", *checkpoints] if p.exists())
+        raise ValueError(f"{run_dir}: already holds a run ({held}) that --resume cannot continue (no "
+                         "checkpoints/last.pt); choose another --run-dir, or remove the folder if nothing in it is "
+                         "yours to keep")
+    foreign = [run_dir / name for name in StartCleanup.MADE if (run_dir / name).exists()]
+    if foreign:
+        raise ValueError(f"{foreign[0]}: already in the run folder, and a new training writes its own "
+                         f"{foreign[0].name} there; move the file elsewhere (a --config from outside the run folder) "
+                         "or choose another --run-dir")
 
 
 def record_split(run_dir: Path, config: TrainConfig, data: TrainingData, resume: bool) -> None:
-    """Write split.json (the case ids that train and that select); a resumed run must see the same cases."""
+    """Write split.json (the case ids that train and that select, and the fingerprints of their files' contents);
+    a resumed run must see the same cases."""
     if config.dataset == "demo":  # one volume built in memory: its slices are not cases
         return
     train_ids, val_ids = case_names(data.train), case_names(data.val)
@@ -227,7 +241,10 @@ def record_split(run_dir: Path, config: TrainConfig, data: TrainingData, resume:
                              f"trained on ({', '.join(changed[:3]) or 'the same cases, other folds'}); resume with "
                              "the data it trained on")
         return
-    write_split(run_dir, train_ids, val_ids)
+    from vmunet.data.fingerprints import case_fingerprints
+
+    fingerprints = {**(case_fingerprints(data.train) or {}), **(case_fingerprints(data.val) or {})}
+    write_split(run_dir, train_ids, val_ids, fingerprints or None)
 
 
 def check_first_samples(data: TrainingData) -> None:
@@ -239,30 +256,50 @@ def check_first_samples(data: TrainingData) -> None:
 
 
 class StartCleanup:
-    """What a fresh start creates in the run folder, removed if it fails before its first checkpoint."""
+    """What a fresh start creates in the run folder, removed if it fails before its first checkpoint: only what
+    was not there before it began (a file or TensorBoard event file of someone else's stays)."""
 
     MADE = ("config.yaml", "run.json", "history.csv", SPLIT_FILE)
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, lock_existed: bool):
         self.run_dir = run_dir
         self.created_folder = not run_dir.exists()
-        self.created_board = not (run_dir / "tensorboard").exists()
+        self.existing = {name for name in self.MADE if (run_dir / name).exists()} | ({LOCK_FILE} if lock_existed
+                                                                                     else set())
+        board = run_dir / "tensorboard"
+        self.created_board = not board.exists()
+        self.board_before = set(board.iterdir()) if board.is_dir() else set()
+        self.created_checkpoints = not checkpoint_dir(run_dir).exists()
+
+    def remove_folder_if_empty(self) -> None:
+        if self.created_folder:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
 
     def __call__(self) -> None:
         if (checkpoint_dir(self.run_dir) / "last.pt").is_file():
             return
         for name in self.MADE:
-            with contextlib.suppress(OSError):
-                (self.run_dir / name).unlink()
+            if name not in self.existing:
+                with contextlib.suppress(OSError):
+                    (self.run_dir / name).unlink()
+        board = self.run_dir / "tensorboard"
         if self.created_board:
-            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
-        with contextlib.suppress(OSError):
-            checkpoint_dir(self.run_dir).rmdir()  # only if empty
-        with contextlib.suppress(OSError):
-            (self.run_dir / LOCK_FILE).unlink()  # still held: another start waits on nothing
-        if self.created_folder:
+            shutil.rmtree(board, ignore_errors=True)
+        elif board.is_dir():  # this start's event files only
+            for entry in set(board.iterdir()) - self.board_before:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
+        if self.created_checkpoints:
             with contextlib.suppress(OSError):
-                self.run_dir.rmdir()
+                checkpoint_dir(self.run_dir).rmdir()  # only if empty
+        if LOCK_FILE not in self.existing:
+            with contextlib.suppress(OSError):
+                (self.run_dir / LOCK_FILE).unlink()  # still held: another start waits on nothing
+        self.remove_folder_if_empty()
 
 
 @scan_workspace()  # frees the CPU scan's scratch buffers when training ends
@@ -287,20 +324,32 @@ def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, data: 
 
 
 def _start(config, run_dir, resume, data, changes, lock: RunFolderLock, echo):
-    """Rank 0: lock the folder, resolve the config, check the data, then make the folder (fresh runs)."""
-    if run_dir.is_dir():
-        lock.acquire()
-    config = resume_config(config, run_dir, changes) if resume else with_absolute_paths(config)
-    if not resume:
-        refuse_existing_run(run_dir)
-    data = data or prepare_training_data(config)
-    check_first_samples(data)
-    cleanup = None if resume else StartCleanup(run_dir)
-    check_writable(run_dir)
-    if lock.handle is None:
-        lock.acquire()
+    """Rank 0: lock the folder, resolve the config, check the data, then make the folder (fresh runs). A fresh
+    start that fails here leaves the folder as it found it."""
+    cleanup = None
+    lock_existed = (run_dir / LOCK_FILE).exists()
+    try:
+        if run_dir.is_dir():
+            lock.acquire()
+        if not resume:  # what the folder held before this start, seen under its lock
+            cleanup = StartCleanup(run_dir, lock_existed)
+        config = resume_config(config, run_dir, changes) if resume else with_absolute_paths(config)
         if not resume:
-            refuse_existing_run(run_dir)  # another start may have finished in between
+            refuse_existing_run(run_dir)
+        data = data or prepare_training_data(config)
+        check_first_samples(data)
+        check_writable(run_dir)
+        if lock.handle is None:
+            lock.acquire()
+            if not resume:
+                refuse_existing_run(run_dir)  # another start may have finished in between
+    except BaseException:
+        if cleanup is not None and lock.handle is not None:
+            cleanup()
+        elif cleanup is not None:  # not holding the lock: another start may be writing; undo only our mkdir
+            cleanup.remove_folder_if_empty()
+        lock.release()
+        raise
     return config, data, cleanup
 
 

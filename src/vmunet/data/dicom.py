@@ -81,6 +81,12 @@ def _quietly(call):
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
+def folder_name(folder: Path) -> str:
+    """The name a folder's outputs take: its own name however it was given (``.``, ``..``, ``sub/``: the name of
+    the folder it means, symbolic links not followed), never an empty or hidden stem ("dicom" for the root)."""
+    return Path(os.path.abspath(folder)).name.lstrip(".") or "dicom"
+
+
 def find_series(folder: Path) -> list[DicomSeries]:
     """The DICOM series of ``folder``, sorted by UID: [] when it holds no DICOM-looking files; a ValueError naming
     the folder when it holds some but SimpleITK reads no series from them, or naming a file of a series' kind
@@ -104,7 +110,8 @@ def find_series(folder: Path) -> list[DicomSeries]:
     series = []
     for uid in uids:
         files = tuple(Path(name) for name in _quietly(lambda uid=uid: reader.GetGDCMSeriesFileNames(str(folder), uid)))
-        series.append(DicomSeries(folder, uid, files, folder.name if len(uids) == 1 else f"{folder.name}_{uid}"))
+        name = folder_name(folder)
+        series.append(DicomSeries(folder, uid, files, name if len(uids) == 1 else f"{name}_{uid}"))
     _check_left_out(folder, candidates, series)
     return series
 

@@ -348,6 +348,17 @@ def _missing_cases(root: Path, missing: Sequence[str]) -> str:
     return f"{root}: the training split has no case {', '.join(missing[:3])}{more}; the data changed since training"
 
 
+def training_case_samples(config: TrainConfig, data_dir: str | Path | None):
+    """The training split's samples (nifti: its volumes), whose files ``vmunet.data.fingerprints`` digests."""
+    from vmunet import data as readers
+
+    config = TrainConfig(**{**config.__dict__, "data": str(data_dir) if data_dir else config.data})
+    root = require_data_dir(config)
+    if config.dataset == "nifti":
+        return readers.NiftiVolumes(root, subset="Tr")
+    return _training_samples(config, root)[1]
+
+
 def training_case_names(config: TrainConfig, data_dir: str | Path | None) -> list[str]:
     """Every case id of the training split, sorted (from the file listing; no image is read)."""
     from vmunet import data as readers

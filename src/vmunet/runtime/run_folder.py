@@ -5,7 +5,8 @@
     RUN_DIR/checkpoints/last.pt  state_dict (official key names) + optimizer, scheduler, epoch, RNG, version
     RUN_DIR/checkpoints/best.pt  the same at the best validation score
     RUN_DIR/history.csv          one row per epoch
-    RUN_DIR/split.json           {"train": [case ids], "val": [case ids]}: the cases that trained and selected
+    RUN_DIR/split.json           {"train": [case ids], "val": [case ids], "fingerprints": {case id: digest of
+                                 its files}}: the cases that trained and selected, and their contents
     RUN_DIR/tensorboard/         TensorBoard event files
     RUN_DIR/eval/                summary.json and per_case.csv written by ``evaluate``
 """
@@ -183,8 +184,22 @@ def read_config_dict(run_dir: str | Path) -> dict:
 SPLIT_FILE = "split.json"
 
 
-def write_split(run_dir: str | Path, train: list[str], val: list[str]) -> None:
-    write_text_atomic(Path(run_dir) / SPLIT_FILE, json.dumps({"train": train, "val": val}, indent=1) + "\n")
+def write_split(run_dir: str | Path, train: list[str], val: list[str],
+                fingerprints: dict[str, str] | None = None) -> None:
+    """split.json; ``fingerprints`` ({case id: digest of its files' bytes}, ``vmunet.data.fingerprints``) let
+    ``vmunet cv`` find a case whose files changed under the same name."""
+    split = {"train": train, "val": val, **({"fingerprints": fingerprints} if fingerprints is not None else {})}
+    write_text_atomic(Path(run_dir) / SPLIT_FILE, json.dumps(split, indent=1) + "\n")
+
+
+def read_fingerprints(run_dir: str | Path) -> dict[str, str] | None:
+    """The content fingerprints split.json recorded at training time; None for a run trained before they were."""
+    path = Path(run_dir) / SPLIT_FILE
+    fingerprints = read_json(path).get("fingerprints") if path.is_file() else None
+    if fingerprints is not None and not (isinstance(fingerprints, dict) and
+                                         all(isinstance(v, str) for v in fingerprints.values())):
+        raise ValueError(f"{path}: 'fingerprints' must map case ids to digests")
+    return fingerprints
 
 
 def read_split(run_dir: str | Path) -> dict[str, list[str]]:

@@ -3,8 +3,9 @@
 Every writer goes through ``atomic_write_bytes`` (a temporary file in the same folder, fsync, rename), so a
 crash or a full disk never leaves a torn file where a finished one is expected; the file gets the permissions a
 plain ``open()`` would (0o666 less the umask), and a failed write names the destination and keeps its old file.
-Where a user names the output (``predict --out``, ``export --out``), ``check_output_folder`` /
-``check_output_file`` and ``refuse_overwriting`` run before any work: an output never replaces an input.
+Where a user names the output (``predict --out``, ``export --out``, ``evaluate --out``, ``cv --out``),
+``check_output_folder`` / ``check_output_file``, ``refuse_overwriting`` and ``refuse_existing_outputs`` run before
+any work: an output never replaces an input, nor an existing file without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -74,18 +75,41 @@ def atomic_write_bytes(path: Path, write) -> None:
 
 
 def check_output_folder(folder: str | Path, flag: str = "--out") -> Path:
-    """Fail before any work if ``folder`` cannot hold outputs: an existing file, or not writable (a probe)."""
+    """Fail before any work if ``folder`` cannot hold outputs: an existing file (or a file where a folder of its
+    path should be), or not writable (a probe in it, or in the nearest folder above it that exists). Makes
+    nothing: the folder is created by the first output written into it, so a command that fails before its
+    first output leaves no empty folder behind."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder}: {flag} must be a folder, and this is a file")
+    existing = next((parent for parent in (folder, *folder.parents) if parent.exists()), Path("."))
+    if not existing.is_dir():
+        raise ValueError(f"{folder}: cannot make the {flag} folder: {existing} is a file, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as error:
-        raise ValueError(f"{folder}: the {flag} folder is not writable ({error.strerror or error})") from None
+        where = "" if existing == folder else f" (checked in {existing}, the nearest folder of it that exists)"
+        raise ValueError(f"{folder}: the {flag} folder is not writable ({error.strerror or error}){where}") from None
     return folder
+
+
+def refuse_existing_outputs(out_dir: str | Path, outputs, overwrite: bool = False, flag: str = "--out") -> None:
+    """Raise before anything is written if any of ``outputs`` already exists (a file of the user's, the ground
+    truth of a dataset, an earlier result), listing a few, unless ``overwrite`` says to replace them."""
+    if overwrite:
+        return
+    out_dir = Path(out_dir)
+    existing = [Path(p) for p in dict.fromkeys(outputs) if os.path.lexists(p)]
+    if existing:
+        def shown(path: Path) -> str:
+            return str(path.relative_to(out_dir)) if path.is_relative_to(out_dir) else str(path)
+
+        names = ", ".join(shown(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3
+                                                           else "")
+        raise ValueError(f"{out_dir}: {len(existing)} output file(s) already exist ({names}); pass --overwrite to "
+                         f"replace them, or choose another {flag}")
 
 
 def check_output_file(path: str | Path, flag: str = "--out") -> Path:
