@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     (["serve", "--run-dir", "run"], "vmunet.serve"),
     (["demo", "--quick"], "vmunet.demo"),
     (["info", "--model", "vmunet-tiny"], "vmunet.model_info"),
+    (["nnunet", "trainer-dir"], "vmunet.integrations.nnunet_launcher"),
 ]
 
 

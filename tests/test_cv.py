@@ -245,8 +245,8 @@ def test_a_failing_cv_leaves_none_of_its_outputs_and_the_previous_ones_intact(fo
             return real(source, destination)
 
         monkeypatch.setattr(writers.os, "replace", replace)
-    with pytest.raises((RuntimeError, OSError)):
-        cross_validate(fold_runs, out, load_predictor=load, **quiet)
+    with pytest.raises((RuntimeError, OSError)):  # replacing a previous cv's outputs needs overwrite
+        cross_validate(fold_runs, out, load_predictor=load, overwrite=True, **quiet)
     assert folder_contents(out) == was
 
 

@@ -73,7 +73,7 @@ def test_info_json_keys_and_their_relations(capsys):
 def test_info_on_a_size_that_is_no_multiple_of_32_is_one_line(capsys):
     assert main(["info", "--model", "vmunet-tiny", "--image-size", "48"]) == 2
     assert capsys.readouterr().err.strip() == ("vmunet info: error: input height 48 is not a multiple of 32; resize "
-                                               "or pad to 32 or 64")
+                                               "or pad to 32 or 64 (or build the model with pad_to=32)")
 
 
 def test_selective_scan_macs_by_hand_and_by_vmambas_einsum_counting():

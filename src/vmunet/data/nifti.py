@@ -215,7 +215,7 @@ def read_header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, f
     try:
         img = nib.load(path)
     except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
-        raise ValueError(f"{path}: cannot read NIfTI header: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"{path}: cannot read NIfTI file (its header): {type(exc).__name__}: {exc}") from exc
     shape = img.shape[:3]
     if len(img.shape) not in (3, 4) or (len(img.shape) == 4 and img.shape[3] != 1):
         raise ValueError(f"{path}: expected a 3D volume, found shape {img.shape}")

@@ -136,7 +136,7 @@ def check_nifti_header(path: str | Path, max_voxels: int | None = None, self_con
         magic = bytes(image.header.get("magic", b"")) if hasattr(image.header, "get") else b""
         shape = image.shape
     except (OSError, EOFError, ValueError, ImageFileError, zlib.error) as error:
-        raise ValueError(f"{path}: cannot read NIfTI header: {type(error).__name__}: {error}") from None
+        raise ValueError(f"{path}: cannot read NIfTI file (its header): {type(error).__name__}: {error}") from None
     if self_contained and magic.rstrip(b"\0") not in (b"n+1", b"n+2"):
         raise NotSelfContained(f"{path}: not a single-file NIfTI (magic {magic!r}); upload a .nii or .nii.gz "
                                "that holds its voxels")
