@@ -18,7 +18,8 @@ from vmunet.cv import OUTPUTS, cross_validate
 from vmunet.data.splits import (assign_folds, case_names, evaluation_cases, prepare_training_data, training_cases,
                                 volume_id)
 from vmunet.inference import Prediction
-from vmunet.postprocessing import (Postprocessing, apply_postprocessing, choose_postprocessing, load_postprocessing)
+from vmunet.evaluation.postprocessing import (Postprocessing, apply_postprocessing, choose_postprocessing,
+                                              load_postprocessing)
 from vmunet.runtime import writers
 from vmunet.runtime.run_folder import RunInfo, read_run_info, read_split, write_config, write_run_info
 from vmunet.train import record_split
@@ -432,7 +433,7 @@ def test_predict_with_postprocessing_keeps_only_the_largest_component(tmp_path, 
 def test_cv_of_volumes_predicts_whole_volumes_out_of_fold_and_scores_them_in_3d(tmp_path):
     """Synapse folds (run folders written here, a stand-in model): each case's volume goes whole to the fold
     that held it out, and its row is the 3D score of the volume, not a mean over slices."""
-    from vmunet.metrics import synapse_case_metrics
+    from vmunet.evaluation.metrics import synapse_case_metrics
     from vmunet.runtime.run_folder import RunInfo, write_config, write_run_info, write_split
 
     root = make_synapse(tmp_path / "d", train_cases=5, test_cases=1, depth=4)

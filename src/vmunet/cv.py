@@ -16,7 +16,7 @@ Writes, each file whole or not at all (nothing on failure):
   ``over_folds`` (mean and std of the fold means), ``mean_dice``, ``mean_iou``, ... (the protocol's mean over
   classes of the class means, as ``vmunet evaluate``), ``runs`` (fold -> run folder) and the rules used.
 - ``OUT/postprocessing.json``: whether keeping the largest connected component raises the out-of-fold DSC
-  (``vmunet.postprocessing``), for ``vmunet predict`` / ``vmunet evaluate --postprocessing``.
+  (``vmunet.evaluation.postprocessing``), for ``vmunet predict`` / ``vmunet evaluate --postprocessing``.
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def predict_out_of_fold(runs: list[FoldRun], data_dir: str | Path | None = None,
     whose split.json holds it out. ``load_predictor(run_dir)`` replaces ``Predictor.from_run`` (tests)."""
     from vmunet.data.splits import training_cases
     from vmunet.inference import Predictor
-    from vmunet.postprocessing import candidate_dice
+    from vmunet.evaluation.postprocessing import candidate_dice
 
     device = resolve_device(device)
     load_predictor = load_predictor or (lambda run_dir: Predictor.from_run(
@@ -296,7 +296,7 @@ def summarize_cv(rows: list[dict], class_names: list[str], folds: int) -> dict:
                       for name in names},
         "mean": {key: _stats([f["mean"][key]["mean"] for f in per_fold]) for key in keys},
     }
-    # the protocol's overall mean (vmunet.metrics.summarize_cases): the mean over classes of the class means
+    # the protocol's overall mean (vmunet.evaluation.metrics.summarize_cases): the mean over classes of the class means
     overall = {f"mean_{key}": _stats([everything["per_class"][n][key]["mean"] for n in names])["mean"] for key in keys}
     return {"cases": len(rows), "folds": folds, "class_names": names, "metrics": keys, **overall,
             "over_cases": everything, "per_fold": per_fold, "over_folds": over_folds}
@@ -337,9 +337,9 @@ def cross_validate(run_dirs: list[str | Path], out_dir: str | Path, data_dir: st
                    progress: bool = True, echo=print, load_predictor=None, overwrite: bool = False) -> dict:
     """Check the folds, predict out of fold, write OUT/{per_case.csv, summary.json, postprocessing.json} (any of
     them already there is an error before anything runs, unless ``overwrite``)."""
-    from vmunet import metrics
+    from vmunet.evaluation import metrics
     from vmunet.evaluate import default_names
-    from vmunet.postprocessing import choose_from_scores
+    from vmunet.evaluation.postprocessing import choose_from_scores
 
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)

@@ -166,7 +166,7 @@ def threshold_baseline(cases: list[dict], num_classes: int = 3, steps: int = 64)
     between consecutive candidates, so per-class interval counts give every pair's Dice exactly
     (np.digitize semantics) without touching the voxels again: ~0.1 s instead of ~30 s of brute force.
     """
-    from vmunet.metrics import dice
+    from vmunet.evaluation.metrics import dice
 
     image = np.concatenate([c["image"].ravel() for c in cases])
     truth = np.concatenate([c["label"].ravel() for c in cases]).astype(np.int64)

@@ -9,7 +9,7 @@
 - Polyp sets (PraNet's layout): each test set scored on its own with the field's metrics (``vmunet.evaluate_polyp``).
 
 Empty masks: each field of ``summary.json`` follows one stated rule, written beside it as
-``empty_mask_policy`` (``vmunet.metrics.IMAGE_POLICY`` for binary images, ``VOLUME_POLICY`` for volumes).
+``empty_mask_policy`` (``vmunet.evaluation.metrics.IMAGE_POLICY`` for binary images, ``VOLUME_POLICY`` for volumes).
 
 Ensembles: ``evaluate([run_a, run_b], out_dir=...)`` scores the members' averaged probabilities
 (``vmunet.inference.Ensemble``) on the first run's dataset and split; the results go to ``out_dir`` (no member's
@@ -24,7 +24,7 @@ from pathlib import Path
 from vmunet.config import config_from_dict
 from vmunet.inference import Ensemble, Predictor, Segmenter
 from vmunet.ops.workspace import scan_workspace
-from vmunet.postprocessing import Postprocessing, apply_postprocessing, load_for_run
+from vmunet.evaluation.postprocessing import Postprocessing, apply_postprocessing, load_for_run
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_config_dict
 from vmunet.runtime.writers import check_output_folder, publish_together, refuse_existing_outputs
@@ -32,7 +32,7 @@ from vmunet.runtime.writers import check_output_folder, publish_together, refuse
 
 def case_metrics(kind: str, pred, case: dict, num_classes: int, nsd_tolerance_mm: float) -> dict:
     """One case's metric row by the data kind's protocol (shared by evaluate and ``vmunet cv``)."""
-    from vmunet import metrics
+    from vmunet.evaluation import metrics
 
     spacing = case.get("spacing")
     if kind == "images" and num_classes == 1:
@@ -56,7 +56,7 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
     for cases with a spacing, in pixels/voxels for the others.
 
     ``predictor``: a ready Predictor or Ensemble to score instead of ``model`` (then None) with ``info``."""
-    from vmunet import metrics
+    from vmunet.evaluation import metrics
 
     device = resolve_device(device) if isinstance(device, str) else device
     classes = max(info.num_classes, 2)  # one sigmoid output = background + lesion
@@ -126,7 +126,7 @@ def check_evaluation_folder(out_dir: str | Path, overwrite: bool) -> None:
 
 def write_evaluation(run_dir: str | Path, evaluation: dict, eval_dir: str | Path | None = None) -> None:
     """eval/summary.json and eval/per_case.csv (in ``eval_dir`` when given), each written whole or not at all."""
-    from vmunet import metrics
+    from vmunet.evaluation import metrics
 
     eval_dir = Path(run_dir) / "eval" if eval_dir is None else Path(eval_dir)
     summary = json.dumps(evaluation["summary"], indent=2, default=float) + "\n"

@@ -26,7 +26,7 @@ from vmunet.data.readers import (check_file_name, input_kind, list_folder, outpu
                                  read_sitk_volume, sitk_labels)
 from vmunet.inference import Ensemble, Prediction, Predictor, check_ensemble_runs, load_predictor
 from vmunet.ops.workspace import scan_workspace
-from vmunet.postprocessing import load_for_run, postprocess_prediction
+from vmunet.evaluation.postprocessing import load_for_run, postprocess_prediction
 from vmunet.runtime.dicom_seg import highdicom, write_dicom_seg
 from vmunet.runtime.run_folder import run_folder_files
 from vmunet.runtime.writers import (atomic_write_bytes, check_output_folder, index_png, mask_png,
@@ -257,8 +257,8 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
     ``dicom_seg``: a DICOM series also gets ``OUT/<stem>.seg.dcm``, a DICOM SEG of its labels that references
     the series (``vmunet.runtime.dicom_seg``; the ``dicom-seg`` extra); other inputs are predicted as usual.
 
-    ``postprocessing``: a postprocessing.json of ``vmunet cv`` (``vmunet.postprocessing``), applied to every label
-    map before it is written; the probabilities stay as the network gave them.
+    ``postprocessing``: a postprocessing.json of ``vmunet cv`` (``vmunet.evaluation.postprocessing``), applied to
+    every label map before it is written; the probabilities stay as the network gave them.
 
     An input that cannot be read or predicted is reported (one line through ``report``) and skipped; the
     others are still predicted, and the summary's ``exit_code`` is 1.

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import vmunet
-from vmunet import metrics
+from vmunet.evaluation import metrics
 from vmunet.config import TrainConfig, config_from_dict
 from vmunet.data.transforms import recipe_interpolation
 from vmunet.ops import resolve_backend
