@@ -20,7 +20,7 @@ from vmunet.data.splits import (assign_folds, case_names, evaluation_cases, prep
 from vmunet.inference import Prediction
 from vmunet.evaluation.postprocessing import (Postprocessing, apply_postprocessing, choose_postprocessing,
                                               load_postprocessing)
-from vmunet.runtime import writers
+from vmunet.io import files as io_files
 from vmunet.runtime.run_folder import RunInfo, read_run_info, read_split, write_config, write_run_info
 from vmunet.train import record_split
 
@@ -245,7 +245,7 @@ def test_a_failing_cv_leaves_none_of_its_outputs_and_the_previous_ones_intact(fo
                 raise OSError(28, "No space left on device")
             return real(source, destination)
 
-        monkeypatch.setattr(writers.os, "replace", replace)
+        monkeypatch.setattr(io_files.os, "replace", replace)
     with pytest.raises((RuntimeError, OSError)):
         cross_validate(fold_runs, out, load_predictor=load, **quiet)
     assert folder_contents(out) == was

@@ -35,7 +35,7 @@ from vmunet.config import TrainConfig, config_from_dict
 from vmunet.ops.workspace import scan_workspace
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, read_config_dict, read_run_info, read_split
-from vmunet.runtime.writers import publish_together, refuse_existing_outputs
+from vmunet.io.files import publish_together, refuse_existing_outputs
 
 OUTPUTS = ("per_case.csv", "summary.json", "postprocessing.json")
 

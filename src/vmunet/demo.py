@@ -216,7 +216,7 @@ def write_prediction_nifti(path: Path, labels_zxy: np.ndarray, template: BrainTe
     a .gz name: the file used to be written uncompressed under a .nii.gz name, which nibabel cannot read)."""
     import nibabel as nib
 
-    from vmunet.runtime.writers import write_nifti
+    from vmunet.io.nifti import write_nifti
 
     full = np.zeros(template.full_shape, dtype=np.uint8)  # (X, Y, Z)
     full[CROP] = np.moveaxis(labels_zxy, 0, -1).astype(np.uint8)

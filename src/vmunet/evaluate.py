@@ -27,7 +27,7 @@ from vmunet.ops.workspace import scan_workspace
 from vmunet.evaluation.postprocessing import Postprocessing, apply_postprocessing, load_for_run
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_config_dict
-from vmunet.runtime.writers import check_output_folder, publish_together, refuse_existing_outputs
+from vmunet.io.files import check_output_folder, publish_together, refuse_existing_outputs
 
 
 def case_metrics(kind: str, pred, case: dict, num_classes: int, nsd_tolerance_mm: float) -> dict:

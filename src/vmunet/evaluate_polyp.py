@@ -18,7 +18,7 @@ import numpy as np
 
 from vmunet.evaluation.polyp_metrics import DEFINITIONS, PER_IMAGE_KEYS, polyp_image_metrics, summarize_polyp_set
 from vmunet.runtime.device import progress_bar
-from vmunet.runtime.writers import write_text_atomic
+from vmunet.io.files import write_text_atomic
 
 TABLE_KEYS = ("mDice", "mIoU", "MAE", "wFm", "Sm", "meanEm", "maxEm")
 

@@ -22,8 +22,7 @@ import torch
 
 from vmunet.models import VMUNet, VMUNetV2
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, run_folder_files
-from vmunet.runtime.writers import (atomic_write_bytes, check_output_file, refuse_existing_outputs,
-                                   refuse_overwriting)
+from vmunet.io.files import atomic_write_bytes, check_output_file, refuse_existing_outputs, refuse_overwriting
 
 FORMATS = ("onnx", "torchscript", "pt2", "monai-bundle")
 DEFAULT_OPSET = 17  # LayerNormalization as one node; onnxruntime >= 1.12 runs it

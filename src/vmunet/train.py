@@ -41,7 +41,7 @@ from vmunet.runtime.distributed import (DistInfo, EpochSampler, all_finite, barr
 from vmunet.runtime.run_folder import (LOCK_FILE, SPLIT_FILE, RunFolderLock, RunInfo, checkpoint_dir,
                                        load_checkpoint, load_weights, read_config_dict, read_split, save_checkpoint,
                                        write_config, write_run_info, write_split)
-from vmunet.runtime.writers import write_text_atomic
+from vmunet.io.files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -27,11 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmunet.data.readers import input_kind, list_folder, output_stem, read_image_file, read_nifti_volume
+from vmunet.io.cases import read_nifti_volume
+from vmunet.io.images import read_image_file
+from vmunet.io.paths import input_kind, list_folder, output_stem
 from vmunet.inference import Predictor
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, load_weights, run_folder_files
-from vmunet.runtime.writers import (check_output_folder, index_png, mask_png, refuse_overwriting, write_nifti,
-                                    write_png, write_text_atomic)
+from vmunet.io.files import check_output_folder, refuse_overwriting, write_text_atomic
+from vmunet.io.images import index_png, mask_png, write_png
+from vmunet.io.nifti import write_nifti
 
 WEIGHTS = "models/model.pt"
 METADATA = "configs/metadata.json"
