@@ -15,8 +15,8 @@ from builders import ThresholdModel, make_isic, make_nnunet, make_synapse
 from vmunet.cli import main
 from vmunet.config import TrainConfig
 from vmunet.cv import OUTPUTS, cross_validate
-from vmunet.data.splits import (assign_folds, case_names, evaluation_cases, prepare_training_data, training_cases,
-                                volume_id)
+from vmunet.data.splits import evaluation_cases, prepare_training_data, training_cases
+from vmunet.data.subsets import assign_folds, case_names, volume_id
 from vmunet.inference import Prediction
 from vmunet.evaluation.postprocessing import (Postprocessing, apply_postprocessing, choose_postprocessing,
                                               load_postprocessing)

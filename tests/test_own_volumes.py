@@ -128,7 +128,7 @@ def test_nnunet_mha_dataset_trains_and_evaluates_with_spacing_in_mm(tmp_path, ca
 
 def test_nnunet_2d_png_dataset_rgb_channels_and_its_test_split(tmp_path, capsys):
     from vmunet.data.nifti import NiftiVolumes
-    from vmunet.data.splits import nifti_channel_count
+    from vmunet.data.layouts.nnunet import nifti_channel_count
 
     root = tmp_path / "Dataset120_Road"
     rng = np.random.default_rng(0)

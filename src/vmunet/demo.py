@@ -141,7 +141,7 @@ def corrupted_test_volume(template: BrainTemplate) -> np.ndarray:
 
 
 def demo_data(template: BrainTemplate, test_volume: np.ndarray):
-    from vmunet.data.splits import TrainingData
+    from vmunet.data.subsets import TrainingData
 
     excluded = held_out_z()
     train_z = [z for z in range(*TRAIN_Z) if z not in excluded]

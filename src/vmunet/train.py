@@ -32,7 +32,8 @@ from vmunet.data.transforms import recipe_interpolation
 from vmunet.ops import resolve_backend
 from vmunet.io.limits import voxel_limit
 from vmunet.ops.workspace import scan_workspace
-from vmunet.data.splits import TrainingData, case_names, prepare_training_data
+from vmunet.data.splits import prepare_training_data
+from vmunet.data.subsets import TrainingData, case_names
 from vmunet.models import create_model, load_pretrained_vmamba
 from vmunet.runtime.device import (autocast, deterministic_algorithms, is_nondeterministic_op, is_out_of_memory,
                                    needs_grad_scaler, progress_bar, seed_everything)
