@@ -32,6 +32,8 @@ from vmunet.runtime.run_folder import run_folder_files
 from vmunet.prediction_outputs import (READ_ERRORS, OutputJob, probabilities_file, write_image_outputs,
                                       write_volume_outputs)
 from vmunet.io.files import check_output_folder, refuse_existing_outputs, refuse_overwriting
+from vmunet.data.nifti import CHANNEL_FILE
+from vmunet.runtime.run_folder import read_run_info
 
 __all__ = ["Ensemble", "PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files",
            "plan_outputs", "predict_paths", "probabilities_file", "run_folders"]
@@ -116,8 +118,6 @@ def group_channel_files(files: list[Path], channels: int) -> tuple[list[Path], d
     """For a model with several input channels: NIfTI files named CASE_XXXX.nii[.gz] (nnU-Net layout) become
     one case each. Returns the other files, {case: channel files in order} and (path, problem) for NIfTI
     files that cannot form a case."""
-    from vmunet.data.nifti import CHANNEL_FILE
-
     others, found, problems = [], {}, []
     for path in files:
         if input_kind(path) != "nifti":
@@ -249,8 +249,6 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
     (``skip_existing`` leaves an input whose label map exists alone, and writes none of its files). ``out_dir``
     is made by the first output written into it.
     """
-    from vmunet.runtime.run_folder import read_run_info
-
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1 (got {batch_size})")
     runs = run_folders(run_dir)

@@ -43,6 +43,9 @@ from vmunet.runtime.run_folder import (LOCK_FILE, SPLIT_FILE, RunFolderLock, Run
                                        load_checkpoint, load_weights, read_config_dict, read_split, save_checkpoint,
                                        write_config, write_run_info, write_split)
 from vmunet.io.files import write_text_atomic
+from vmunet.data import SegmentationDataset
+from vmunet.data.fingerprints import case_fingerprints
+from vmunet.data.transforms import eval_transform, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -148,9 +151,6 @@ class CorruptThenAugment:
 
 
 def build_datasets(config: TrainConfig, data: TrainingData):
-    from vmunet.data import SegmentationDataset
-    from vmunet.data.transforms import eval_transform, train_transform
-
     augment = train_transform(config.augmentation, config.image_size, config.normalization)
     if data.corrupt is not None:
         augment = CorruptThenAugment(data.corrupt, augment)
@@ -242,7 +242,6 @@ def record_split(run_dir: Path, config: TrainConfig, data: TrainingData, resume:
                              f"trained on ({', '.join(changed[:3]) or 'the same cases, other folds'}); resume with "
                              "the data it trained on")
         return
-    from vmunet.data.fingerprints import case_fingerprints
 
     fingerprints = {**(case_fingerprints(data.train) or {}), **(case_fingerprints(data.val) or {})}
     write_split(run_dir, train_ids, val_ids, fingerprints or None)

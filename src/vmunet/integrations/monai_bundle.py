@@ -35,6 +35,8 @@ from vmunet.runtime.run_folder import RunInfo, load_model_from_run, load_weights
 from vmunet.io.files import check_output_folder, refuse_overwriting, write_text_atomic
 from vmunet.io.images import index_png, mask_png, write_png
 from vmunet.io.nifti import write_nifti
+from vmunet import __version__
+from vmunet.overlay import class_colours
 
 WEIGHTS = "models/model.pt"
 METADATA = "configs/metadata.json"
@@ -53,8 +55,6 @@ def require_monai() -> None:
 def metadata(info: RunInfo, checkpoint_epoch: int | None) -> dict:
     """MONAI's metadata.json fields, and the run description vmunet needs under "vmunet"."""
     import monai
-
-    from vmunet import __version__
 
     classes = info.num_classes
     names = list(info.label_names)
@@ -188,8 +188,6 @@ class BundlePredictor:
     def write_image_labels(self, image: np.ndarray, output: Path) -> None:
         """PNG labels as ``vmunet predict`` writes them: palette class ids for a colour-mask ('folders') run,
         else 0/255 (one class) or grey class ids."""
-        from vmunet.overlay import class_colours
-
         labels = self.predictor.predict_image(image).labels  # (H, W)
         classes = self.info.num_classes
         if self.info.dataset == "folders" and classes <= 256:

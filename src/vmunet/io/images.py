@@ -1,12 +1,7 @@
 """Images through Pillow (PNG, JPG, TIFF, BMP): reading as displayed, and writing label maps as PNG.
 
-Axis order of volumes: (D, H, W) = (z, x, y) of the file's voxel index, whichever library reads it. nibabel's
-arrays are (x, y, z) and are moved to (z, x, y); SimpleITK's arrays are (z, y, x) and are transposed to
-(z, x, y). So one file gives the same slices through either reader, and a label map written back through the
-reader's twin lands on the file's own grid.
-
-The dataset readers (``isic``, ``folders``, ``synapse``, ``nifti``) and prediction read files through these
-functions, so training and prediction decode a file the same way. Every error names the file.
+The 2D datasets (``vmunet.data``: isic, folders, polyp, an nnU-Net layout of 2D files) and prediction read images
+through these functions, so training and prediction decode a file the same way. Every error names the file.
 
 One image policy (``read_image_file`` for images, ``read_image`` under it for masks too):
 
