@@ -3,7 +3,8 @@
     cli -> workflows -> inference, runtime -> data, io, evaluation, losses, config -> models -> ops
 
 A module may import its own layer and the layers below it, never one above; ``models`` and ``ops`` are free of
-data, training and metrics (nanoGPT's rule); the import graph has no cycle; no module imports another module's
+data, training and metrics (nanoGPT's rule); ``io`` (file formats) imports no dataset, metric or loss, and
+``evaluation`` no dataset or file format; the import graph has no cycle; no module imports another module's
 private (underscore) name. Imports inside functions count as well: a lazy import is still a dependency.
 The planted-import tests show that the check fails on the mistakes it is there to catch.
 """
@@ -32,6 +33,12 @@ LAYER_NAMES = ("ops", "models", "data/io/evaluation/losses/config", "inference/r
 # The root re-exports Predictor lazily (README: `vmunet.Predictor`), so `import vmunet` for the model alone
 # does not read the data layer: a deliberate upward name, not a dependency of the model.
 ALLOWED_UPWARD = {("vmunet", "vmunet.inference")}
+# Within the library layer: file formats know nothing of datasets, scores or training, and scores nothing of
+# datasets (a metric takes arrays), so each can be read, tested and reused alone.
+FORBIDDEN = {
+    "vmunet.io": ("vmunet.data", "vmunet.evaluation", "vmunet.losses"),
+    "vmunet.evaluation": ("vmunet.data", "vmunet.io", "vmunet.losses"),
+}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -91,6 +98,10 @@ def layer_violations(root: Path) -> list[str]:
             if layer_of(target) > layer_of(source) and (source, target) not in ALLOWED_UPWARD:
                 problems.append(f"{where}:{line}: {source} ({LAYER_NAMES[layer_of(source)]}) imports {target} "
                                 f"({LAYER_NAMES[layer_of(target)]}), a layer above it")
+            for package, banned in FORBIDDEN.items():
+                if source.startswith(package + ".") and any(target == b or target.startswith(b + ".") for b in banned):
+                    problems.append(f"{where}:{line}: {source} imports {target}; {package} imports none of "
+                                    f"{', '.join(banned)}")
             private = [name for name in names if name.startswith("_") and not name.startswith("__")]
             if private and target != source:
                 problems.append(f"{where}:{line}: {source} imports {target}'s private {', '.join(private)}")
@@ -178,6 +189,13 @@ def test_a_planted_cycle_within_a_layer_fails_the_check(tree_copy):
     plant(tree_copy, "data/transforms.py", "from vmunet import losses")
     assert [problem for problem in layer_violations(tree_copy) if problem.startswith("import cycle")] == \
         ["import cycle: vmunet.data.transforms -> vmunet.losses -> vmunet.data.transforms"]
+
+
+def test_a_planted_import_of_a_dataset_in_a_file_format_fails_the_check(tree_copy):
+    plant(tree_copy, "io/nifti.py", "from vmunet.data.nifti import read_label_names")
+    problems = [problem for problem in layer_violations(tree_copy) if not problem.startswith("import cycle")]
+    assert len(problems) == 1 and "vmunet.io.nifti imports vmunet.data.nifti; vmunet.io imports none of" in \
+        problems[0]
 
 
 def test_a_module_outside_every_layer_is_named():
