@@ -336,7 +336,7 @@ def test_a_volumes_spacing_follows_its_array_axes_so_hd95_is_in_mm(tmp_path, end
     """Voxels of 0.5 x 1.5 x 4 mm (stored x, y, z); a prediction shifted by 2 voxels along one array axis of
     (D, H, W) = (z, x, y) is 2 x that axis's voxel size away: HD95 in mm through the reader's spacing."""
     from vmunet.io.cases import read_case_file, read_header
-    from vmunet.evaluate import case_metrics
+    from vmunet.evaluation.metrics import case_metrics
 
     stored_spacing = (0.5, 1.5, 4.0)
     truth_xyz = np.zeros((20, 18, 16), np.uint8)

@@ -38,7 +38,7 @@ from vmunet.runtime.run_folder import RunInfo, read_config_dict, read_run_info, 
 from vmunet.io.files import publish_together, refuse_existing_outputs
 from vmunet.data.fingerprints import case_fingerprints
 from vmunet.data.splits import training_case_names, training_case_samples, training_cases
-from vmunet.evaluate import case_metrics, default_names
+from vmunet.evaluation.metrics import case_metrics, default_names
 from vmunet.evaluation import metrics
 from vmunet.evaluation.postprocessing import candidate_dice, choose_from_scores
 from vmunet.inference import Predictor

@@ -31,21 +31,8 @@ from vmunet.io.files import check_output_folder, publish_together, refuse_existi
 from vmunet.data.splits import evaluation_cases
 from vmunet.evaluate_polyp import evaluate_polyp_sets
 from vmunet.evaluation import metrics
+from vmunet.evaluation.metrics import case_metrics, default_names
 from vmunet.inference import check_ensemble_runs
-
-
-def case_metrics(kind: str, pred, case: dict, num_classes: int, nsd_tolerance_mm: float) -> dict:
-    """One case's metric row by the data kind's protocol (shared by evaluate and ``vmunet cv``)."""
-    spacing = case.get("spacing")
-    if kind == "images" and num_classes == 1:
-        return metrics.binary_image_metrics(pred, case["label"], spacing=spacing, case_id=case["case_id"],
-                                            nsd_tolerance_mm=nsd_tolerance_mm)
-    classes = max(num_classes, 2)
-    if kind == "images":  # multi-class 2D folders: per-class DSC, IoU, HD95 (pixels)
-        return metrics.multiclass_image_metrics(pred, case["label"], classes, spacing=spacing,
-                                                case_id=case["case_id"], nsd_tolerance_mm=nsd_tolerance_mm)
-    return metrics.synapse_case_metrics(pred, case["label"], classes, spacing=spacing, case_id=case["case_id"],
-                                        nsd_tolerance_mm=nsd_tolerance_mm)
 
 
 @scan_workspace()  # frees the CPU scan's scratch buffers when the cases are scored
@@ -98,10 +85,6 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
         summary["per_image_mean"] = metrics.per_image_binary_metrics(masks, truths)
         table += "\n\n" + binary_table(summary["pooled"], summary["per_image_mean"])
     return {"summary": summary, "rows": rows, "table": table, "class_names": names}
-
-
-def default_names(classes: int) -> list[str]:
-    return ["background"] + [f"class {k}" for k in range(1, classes)]
 
 
 def binary_table(pooled: dict, per_image: dict) -> str:
