@@ -1,4 +1,4 @@
-"""Time of ``vmunet.metrics.hd95`` per organ on a 150 x 512 x 512 volume (the Synapse case size).
+"""Time of ``vmunet.evaluation.metrics.hd95`` per organ on a 150 x 512 x 512 volume (the Synapse case size).
 
     python benchmarks/hd95.py [--medpy] [--repeats 3]
 
@@ -13,7 +13,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from vmunet.metrics import hd95
+from vmunet.evaluation.metrics import hd95
 
 SHAPE = (150, 512, 512)
 

@@ -15,11 +15,12 @@ from builders import ThresholdModel, make_isic, make_nnunet, make_synapse
 from vmunet.cli import main
 from vmunet.config import TrainConfig
 from vmunet.cv import OUTPUTS, cross_validate
-from vmunet.data.splits import (assign_folds, case_names, evaluation_cases, prepare_training_data, training_cases,
-                                volume_id)
+from vmunet.data.splits import evaluation_cases, prepare_training_data, training_cases
+from vmunet.data.subsets import assign_folds, case_names, volume_id
 from vmunet.inference import Prediction
-from vmunet.postprocessing import (Postprocessing, apply_postprocessing, choose_postprocessing, load_postprocessing)
-from vmunet.runtime import writers
+from vmunet.evaluation.postprocessing import (Postprocessing, apply_postprocessing, choose_postprocessing,
+                                              load_postprocessing)
+from vmunet.io import files as io_files
 from vmunet.runtime.run_folder import RunInfo, read_run_info, read_split, write_config, write_run_info
 from vmunet.train import record_split
 
@@ -244,7 +245,7 @@ def test_a_failing_cv_leaves_none_of_its_outputs_and_the_previous_ones_intact(fo
                 raise OSError(28, "No space left on device")
             return real(source, destination)
 
-        monkeypatch.setattr(writers.os, "replace", replace)
+        monkeypatch.setattr(io_files.os, "replace", replace)
     with pytest.raises((RuntimeError, OSError)):  # replacing a previous cv's outputs needs overwrite
         cross_validate(fold_runs, out, load_predictor=load, overwrite=True, **quiet)
     assert folder_contents(out) == was
@@ -432,7 +433,7 @@ def test_predict_with_postprocessing_keeps_only_the_largest_component(tmp_path, 
 def test_cv_of_volumes_predicts_whole_volumes_out_of_fold_and_scores_them_in_3d(tmp_path):
     """Synapse folds (run folders written here, a stand-in model): each case's volume goes whole to the fold
     that held it out, and its row is the 3D score of the volume, not a mean over slices."""
-    from vmunet.metrics import synapse_case_metrics
+    from vmunet.evaluation.metrics import synapse_case_metrics
     from vmunet.runtime.run_folder import RunInfo, write_config, write_run_info, write_split
 
     root = make_synapse(tmp_path / "d", train_cases=5, test_cases=1, depth=4)

@@ -21,7 +21,7 @@ from vmunet.data import (
     read_label_names,
     train_transform,
 )
-from vmunet.runtime.writers import write_label_volume
+from vmunet.io.nifti import write_label_volume
 
 
 def _rgb(h, w, seed):
@@ -335,8 +335,8 @@ def test_dataset_deterministic_whatever_the_workers():
 def test_a_volumes_spacing_follows_its_array_axes_so_hd95_is_in_mm(tmp_path, ending, axis):
     """Voxels of 0.5 x 1.5 x 4 mm (stored x, y, z); a prediction shifted by 2 voxels along one array axis of
     (D, H, W) = (z, x, y) is 2 x that axis's voxel size away: HD95 in mm through the reader's spacing."""
-    from vmunet.data.nifti import read_case_file, read_header
-    from vmunet.evaluate import case_metrics
+    from vmunet.io.cases import read_case_file, read_header
+    from vmunet.evaluation.metrics import case_metrics
 
     stored_spacing = (0.5, 1.5, 4.0)
     truth_xyz = np.zeros((20, 18, 16), np.uint8)

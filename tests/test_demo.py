@@ -77,7 +77,7 @@ def test_threshold_baseline_finds_the_separating_thresholds():
 
 def brute_force_baseline(cases, steps):
     """Every threshold pair scored on the voxels themselves (the obvious, slow search)."""
-    from vmunet.metrics import dice
+    from vmunet.evaluation.metrics import dice
 
     image = np.concatenate([c["image"].ravel() for c in cases])
     truth = np.concatenate([c["label"].ravel() for c in cases])

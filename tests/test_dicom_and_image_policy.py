@@ -226,7 +226,7 @@ def displayed(stored: np.ndarray, orientation: int) -> np.ndarray:
 def test_exif_orientation_is_applied_in_training_and_predict(tmp_path, orientation):
     from vmunet.data.folders import ClassFolder
     from vmunet.data.isic import IsicFolder
-    from vmunet.data.readers import read_image_file
+    from vmunet.io.images import read_image_file
 
     labels = asymmetric_labels(24, 40, binary=True)  # stored 24 x 40, displayed 40 x 24
     stored = np.repeat((labels * 200 + 20).astype(np.uint8)[..., None], 3, axis=2)
@@ -270,14 +270,14 @@ def test_predict_writes_the_displayed_size_of_an_exif_rotated_jpeg(tmp_path, mon
 
 
 def test_an_alpha_channel_is_dropped_with_one_warning_per_file(tmp_path, caplog):
-    from vmunet.data.readers import read_image_file, read_rgb_image
+    from vmunet.io.images import read_image_file, read_rgb_image
 
     rgba = np.zeros((8, 10, 4), np.uint8)
     rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 200, 100, 50, 0  # fully transparent
     Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
     la = np.stack([np.full((8, 10), 90, np.uint8), np.full((8, 10), 255, np.uint8)], axis=-1)
     Image.fromarray(la, "LA").save(tmp_path / "la.png")
-    with caplog.at_level(logging.WARNING, logger="vmunet.data.readers"):
+    with caplog.at_level(logging.WARNING, logger="vmunet.io.images"):
         first = read_image_file(tmp_path / "rgba.png")
         assert read_rgb_image(tmp_path / "rgba.png").shape == (8, 10, 3)  # read again: no second warning
         grey = read_image_file(tmp_path / "la.png")
@@ -290,7 +290,7 @@ def test_an_alpha_channel_is_dropped_with_one_warning_per_file(tmp_path, caplog)
 def test_a_16_bit_image_gives_the_same_network_input_in_training_and_predict(tmp_path):
     from vmunet.config import TrainConfig
     from vmunet.data.folders import ClassFolder
-    from vmunet.data.readers import read_image_file
+    from vmunet.io.images import read_image_file
     from vmunet.data.transforms import eval_transform, recipe_interpolation
     from vmunet.inference import Predictor
     from vmunet.runtime.run_folder import RunInfo
@@ -328,8 +328,8 @@ def torch_equal(a, b) -> bool:
 
 def test_a_palette_image_is_read_as_colours_and_a_palette_mask_as_indices(tmp_path):
     from vmunet.data.folders import read_class_mask
-    from vmunet.data.nifti import read_case_file
-    from vmunet.data.readers import read_image_file
+    from vmunet.io.cases import read_case_file
+    from vmunet.io.images import read_image_file
 
     indices = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
     palette = [0, 0, 0, 250, 10, 10, 10, 240, 10]

@@ -14,7 +14,8 @@ from test_predict import make_run
 from hostile_files import nifti_claiming, png_claiming
 from vmunet.cli import main
 from vmunet.config import TrainConfig
-from vmunet.data.readers import read_image_file, read_sitk_volume
+from vmunet.io.images import read_image_file
+from vmunet.io.sitk import read_sitk_volume
 from vmunet.io.limits import CLI_MAX_VOXELS, TooLarge, check_dicom_files, default_max_voxels, voxel_limit
 
 
@@ -123,7 +124,7 @@ def test_dicom_series_is_counted_from_its_headers(tmp_path):
     check_dicom_files(files, tmp_path / "ct", 5 * 20 * 24)
     with pytest.raises(TooLarge, match=r"ct: the DICOM series holds more than 2,399 voxels"):
         check_dicom_files(files, tmp_path / "ct", 5 * 20 * 24 - 1)
-    from vmunet.data.dicom import find_series, read_dicom_series
+    from vmunet.io.dicom import find_series, read_dicom_series
 
     series = find_series(tmp_path / "ct")[0]
     assert read_dicom_series(series)[0].shape == (5, 24, 20)

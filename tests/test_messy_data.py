@@ -14,7 +14,7 @@ from builders import blob_image, make_isic
 from vmunet.cli import main
 from vmunet.data.isic import IsicFolder
 from vmunet.data.nifti import NiftiVolumes
-from vmunet.data.readers import read_image_file
+from vmunet.io.images import read_image_file
 from vmunet.runtime.run_folder import load_checkpoint
 
 TINY = ["--preset", "isic18", "--model", "vmunet-tiny", "--image-size", "32", "--no-progress"]
@@ -182,7 +182,7 @@ def test_data_error_in_a_loader_worker_is_the_same_one_line(capsys, tmp_path, wo
 # 10. clear messages
 
 def test_float_labels_are_shown_as_stored(tmp_path):
-    from vmunet.data.checks import check_labels
+    from vmunet.io.checks import check_labels
 
     with pytest.raises(ValueError, match=r"non-integer values \[1.0000001\]"):
         check_labels(np.array([0, 1.0000001], np.float32), 2, "f")

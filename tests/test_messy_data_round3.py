@@ -15,7 +15,9 @@ from vmunet.data.folders import ClassFolder
 from vmunet.data.isic import IsicFolder
 from vmunet.data.nifti import NiftiVolumes, find_cases
 from vmunet.data.polyp import PolypFolder
-from vmunet.data.readers import read_h5_volume, read_image_file, read_sitk_volume
+from vmunet.io.h5 import read_h5_volume
+from vmunet.io.images import read_image_file
+from vmunet.io.sitk import read_sitk_volume
 
 
 def pairs(root: Path, count: int = 2, size=(32, 40), mask=None, seed=0) -> Path:
@@ -357,7 +359,7 @@ def ct_series(folder: Path, positions: list[float], size=None) -> Path:
 
 
 def read_series(folder: Path):
-    from vmunet.data.dicom import find_series, read_dicom_series
+    from vmunet.io.dicom import find_series, read_dicom_series
 
     (series,) = find_series(folder)
     return read_dicom_series(series)
@@ -484,7 +486,7 @@ def test_a_file_that_stops_gdcms_folder_scan_is_a_one_line_error(tmp_path):
 
     from pydicom.data import get_testdata_file
 
-    from vmunet.data.dicom import find_series
+    from vmunet.io.dicom import find_series
 
     folder = ct_series(tmp_path / "CT", [0.0, 2.0, 4.0])
     shutil.copy(get_testdata_file("rtdose_1frame.dcm"), folder / "dose.dcm")

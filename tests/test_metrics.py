@@ -8,7 +8,7 @@ import pytest
 from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
-from vmunet.metrics import (
+from vmunet.evaluation.metrics import (
     confusion_counts,
     dice,
     format_table,

@@ -15,7 +15,7 @@ from PIL import Image
 from builders import HANG_LIMIT_S, UTF8_TEXT, make_isic, wait_for
 from vmunet.cli import main
 from vmunet.runtime.run_folder import load_checkpoint
-from vmunet.runtime.writers import write_text_atomic
+from vmunet.io.files import write_text_atomic
 
 TINY = ["--preset", "isic18", "--model", "vmunet-tiny", "--image-size", "32", "--no-progress"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

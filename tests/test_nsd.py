@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from vmunet.metrics import (binary_image_metrics, format_table, multiclass_image_metrics, nsd, summarize_cases,
-                            synapse_case_metrics, write_per_case_csv)
+from vmunet.evaluation.metrics import (binary_image_metrics, format_table, multiclass_image_metrics, nsd,
+                                       summarize_cases, synapse_case_metrics, write_per_case_csv)
 
 
 def shifted_boxes():

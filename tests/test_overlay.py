@@ -37,14 +37,14 @@ def test_the_serve_page_the_overlays_and_the_figures_show_an_image_alike():
 
 
 def test_a_volume_is_windowed_whole_in_predict_overlays_and_the_demo(tmp_path):
-    from vmunet.predict import _write_overlays
+    from vmunet.prediction_outputs import write_overlays
 
     volume = np.stack([outlier_image(0).astype(np.float32), 4 * outlier_image(1).astype(np.float32)])  # (2, H, W)
     labels = np.zeros(volume.shape, np.int64)
     labels[:, 8:14, 10:20] = 1
     whole = window_to_uint8(volume)
     assert not np.array_equal(whole[0], window_to_uint8(volume[0]))  # slice by slice would differ
-    _write_overlays(tmp_path, "case", volume, labels)
+    write_overlays(tmp_path, "case", volume, labels)
     (written,) = list((tmp_path / "overlays").glob("case_slice*.png"))
     z = int(written.stem[-3:])
     picture = np.asarray(Image.open(written))

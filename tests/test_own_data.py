@@ -13,7 +13,7 @@ from builders import ThresholdModel, agreement, asymmetric_labels
 from vmunet.cli import main
 from vmunet.config import TrainConfig
 from vmunet.data.folders import ClassFolder, read_class_map, read_class_mask
-from vmunet.metrics import multiclass_image_metrics
+from vmunet.evaluation.metrics import multiclass_image_metrics
 from vmunet.runtime.run_folder import RunInfo, read_run_info, write_config, write_run_info
 
 TINY = ["--model", "vmunet-tiny", "--image-size", "32", "--no-progress", "--batch-size", "4"]

@@ -81,8 +81,8 @@ def test_sitk_volume_round_trips_through_predict_on_its_own_grid(tmp_path, monke
 def test_nibabel_and_simpleitk_read_one_file_into_the_same_axis_order(tmp_path):
     import nibabel as nib
 
-    from vmunet.data.nifti import read_case_file
-    from vmunet.data.readers import read_sitk_volume
+    from vmunet.io.cases import read_case_file
+    from vmunet.io.sitk import read_sitk_volume
 
     stored = np.arange(5 * 7 * 3, dtype=np.float32).reshape(5, 7, 3)  # nibabel (x, y, z)
     nib.save(nib.Nifti1Image(stored, np.diag([0.5, 0.9, 2.5, 1])), str(tmp_path / "v.nii.gz"))
@@ -128,7 +128,7 @@ def test_nnunet_mha_dataset_trains_and_evaluates_with_spacing_in_mm(tmp_path, ca
 
 def test_nnunet_2d_png_dataset_rgb_channels_and_its_test_split(tmp_path, capsys):
     from vmunet.data.nifti import NiftiVolumes
-    from vmunet.data.splits import nifti_channel_count
+    from vmunet.data.layouts.nnunet import nifti_channel_count
 
     root = tmp_path / "Dataset120_Road"
     rng = np.random.default_rng(0)
@@ -174,13 +174,13 @@ def test_bad_nnunet_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(ValueError, match=r"dataset\.json: file_ending '\.dcm' is not one of"):
         NiftiVolumes(root, "Tr")
     (root / "broken.mha").write_bytes(b"ObjectType = Image\nNDims = 3\n")
-    from vmunet.data.readers import read_sitk_volume
+    from vmunet.io.sitk import read_sitk_volume
     with pytest.raises(ValueError, match=r"broken\.mha: cannot read image"):
         read_sitk_volume(root / "broken.mha")
 
 
 def test_a_missing_simpleitk_names_the_extra(monkeypatch, tmp_path):
-    from vmunet.data.readers import read_sitk_volume
+    from vmunet.io.sitk import read_sitk_volume
 
     monkeypatch.setitem(sys.modules, "SimpleITK", None)
     with pytest.raises(ImportError, match=r"needs SimpleITK: pip install 'vmunet\[itk\]'"):

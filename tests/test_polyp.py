@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from builders import blob_image
-from vmunet import polyp_metrics as pm
+from vmunet.evaluation import polyp_metrics as pm
 from vmunet.cli import main
 from vmunet.config import TrainConfig
 from vmunet.data.polyp import PolypFolder, polyp_test_sets, read_polyp_mask

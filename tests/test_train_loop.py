@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from vmunet.config import TrainConfig
-from vmunet.evaluate import case_metrics
-from vmunet.metrics import summarize_cases
+from vmunet.evaluation.metrics import case_metrics
+from vmunet.evaluation.metrics import summarize_cases
 from vmunet.runtime.distributed import DistInfo, EpochSampler
 from vmunet.train import train_one_epoch, validate
 

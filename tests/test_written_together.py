@@ -7,8 +7,8 @@ import os
 import pytest
 
 from vmunet import evaluate
-from vmunet.runtime import writers
-from vmunet.runtime.writers import publish_together
+from vmunet.io import files as io_files
+from vmunet.io.files import publish_together
 
 NAMES = ("per_case.csv", "summary.json", "postprocessing.json")
 
@@ -28,7 +28,7 @@ def fail_on_publishing(monkeypatch, failing_call: int):
             raise OSError(28, "No space left on device")
         return real(source, destination)
 
-    monkeypatch.setattr(writers.os, "replace", replace)
+    monkeypatch.setattr(io_files.os, "replace", replace)
     return calls
 
 
@@ -38,7 +38,7 @@ def test_a_failure_mid_publish_restores_every_previous_file_and_leaves_nothing_n
         def no_link(source, destination):
             raise OSError(1, "Operation not permitted")
 
-        monkeypatch.setattr(writers.os, "link", no_link)
+        monkeypatch.setattr(io_files.os, "link", no_link)
     for name in NAMES[:2]:
         (tmp_path / name).write_text(f"old {name}")
     (tmp_path / "mine.txt").write_text("the user's")

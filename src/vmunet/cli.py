@@ -488,7 +488,7 @@ def one_line(error: BaseException) -> str:
 
 def check_arguments_are_utf8(argv: list[str]) -> None:
     """A path typed in another encoding (a Latin-1 folder name: Python holds its bytes as surrogates) is refused
-    at the start, as a file of that name inside a data folder is (``vmunet.data.readers.check_file_name``): it
+    at the start, as a file of that name inside a data folder is (``vmunet.io.paths.check_file_name``): it
     would be written into config.yaml, summary.json and the console, which are UTF-8 text."""
     for argument in argv:
         try:

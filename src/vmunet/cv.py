@@ -16,7 +16,7 @@ Writes, each file whole or not at all (nothing on failure):
   ``over_folds`` (mean and std of the fold means), ``mean_dice``, ``mean_iou``, ... (the protocol's mean over
   classes of the class means, as ``vmunet evaluate``), ``runs`` (fold -> run folder) and the rules used.
 - ``OUT/postprocessing.json``: whether keeping the largest connected component raises the out-of-fold DSC
-  (``vmunet.postprocessing``), for ``vmunet predict`` / ``vmunet evaluate --postprocessing``.
+  (``vmunet.evaluation.postprocessing``), for ``vmunet predict`` / ``vmunet evaluate --postprocessing``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,14 @@ from vmunet.config import TrainConfig, config_from_dict
 from vmunet.ops.workspace import scan_workspace
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, read_config_dict, read_run_info, read_split
-from vmunet.runtime.writers import publish_together, refuse_existing_outputs
+from vmunet.io.files import publish_together, refuse_existing_outputs
+from vmunet.data.fingerprints import case_fingerprints
+from vmunet.data.splits import training_case_names, training_case_samples, training_cases
+from vmunet.evaluation.metrics import case_metrics, default_names
+from vmunet.evaluation import metrics
+from vmunet.evaluation.postprocessing import candidate_dice, choose_from_scores
+from vmunet.inference import Predictor
+from vmunet.runtime.run_folder import checkpoint_dir, read_fingerprints, resolve_checkpoint
 
 OUTPUTS = ("per_case.csv", "summary.json", "postprocessing.json")
 
@@ -141,8 +148,6 @@ def checkpoint_epoch(path: Path) -> int | None:
 def epochs_trained(run_dir: Path) -> int | None:
     """The epochs a run finished: its last.pt's epoch, else the last row of history.csv (last.pt deleted to save
     space); None when neither says."""
-    from vmunet.runtime.run_folder import checkpoint_dir
-
     last = checkpoint_dir(run_dir) / "last.pt"
     if last.is_file():
         return checkpoint_epoch(last)
@@ -174,10 +179,6 @@ def check_contents_unchanged(runs: list[FoldRun], data_dir: str | Path | None) -
     """The fingerprints of the training cases' files (split.json, recorded when each fold trained) agree between
     the folds and with the data now; an error names the cases whose contents differ. Returns warnings for runs
     trained before fingerprints were recorded (their contents cannot be compared)."""
-    from vmunet.data.fingerprints import case_fingerprints
-    from vmunet.data.splits import training_case_samples
-    from vmunet.runtime.run_folder import read_fingerprints
-
     recorded = {run.run_dir: read_fingerprints(run.run_dir) for run in runs}
     warnings = [f"warning: {run}: split.json has no content fingerprints (trained before they were recorded): "
                 "files changed under the same names cannot be detected" for run, prints in recorded.items()
@@ -204,8 +205,6 @@ def check_contents_unchanged(runs: list[FoldRun], data_dir: str | Path | None) -
 
 def check_data_unchanged(runs: list[FoldRun], data_dir: str | Path | None) -> None:
     """Every training case of the data folder is in the runs' split, and no other."""
-    from vmunet.data.splits import training_case_names
-
     now = set(training_case_names(runs[0].config, data_dir))
     then = set(runs[0].split["train"] + runs[0].split["val"])
     if now != then:
@@ -219,8 +218,6 @@ def check_data_unchanged(runs: list[FoldRun], data_dir: str | Path | None) -> No
 def case_row(kind: str, pred: np.ndarray, case: dict, num_classes: int, nsd_tolerance_mm: float) -> dict:
     """The per-case metrics of ``vmunet evaluate`` (its rules per data kind, the run's NSD tolerance), with
     IoU = DSC / (2 - DSC) added where the kind's row has none (exact for one case's masks)."""
-    from vmunet.evaluate import case_metrics
-
     row = case_metrics(kind, pred, case, num_classes, nsd_tolerance_mm)
     if "iou" not in row:
         row["iou"] = [d / (2.0 - d) if d == d else math.nan for d in row["dice"]]
@@ -233,10 +230,6 @@ def predict_out_of_fold(runs: list[FoldRun], data_dir: str | Path | None = None,
                         progress: bool = True, load_predictor=None) -> tuple[str, list[dict], list[dict]]:
     """(kind, per-case rows with their "fold", ``candidate_dice`` per case): each case predicted by the run
     whose split.json holds it out. ``load_predictor(run_dir)`` replaces ``Predictor.from_run`` (tests)."""
-    from vmunet.data.splits import training_cases
-    from vmunet.inference import Predictor
-    from vmunet.postprocessing import candidate_dice
-
     device = resolve_device(device)
     load_predictor = load_predictor or (lambda run_dir: Predictor.from_run(
         run_dir, checkpoint, device=device, batch_size=batch_size, allow_pickle=allow_pickle))
@@ -296,7 +289,7 @@ def summarize_cv(rows: list[dict], class_names: list[str], folds: int) -> dict:
                       for name in names},
         "mean": {key: _stats([f["mean"][key]["mean"] for f in per_fold]) for key in keys},
     }
-    # the protocol's overall mean (vmunet.metrics.summarize_cases): the mean over classes of the class means
+    # the protocol's overall mean (vmunet.evaluation.metrics.summarize_cases): the mean over classes of the class means
     overall = {f"mean_{key}": _stats([everything["per_class"][n][key]["mean"] for n in names])["mean"] for key in keys}
     return {"cases": len(rows), "folds": folds, "class_names": names, "metrics": keys, **overall,
             "over_cases": everything, "per_fold": per_fold, "over_folds": over_folds}
@@ -337,10 +330,6 @@ def cross_validate(run_dirs: list[str | Path], out_dir: str | Path, data_dir: st
                    progress: bool = True, echo=print, load_predictor=None, overwrite: bool = False) -> dict:
     """Check the folds, predict out of fold, write OUT/{per_case.csv, summary.json, postprocessing.json} (any of
     them already there is an error before anything runs, unless ``overwrite``)."""
-    from vmunet import metrics
-    from vmunet.evaluate import default_names
-    from vmunet.postprocessing import choose_from_scores
-
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     runs = [read_fold_run(run_dir) for run_dir in run_dirs]
@@ -378,8 +367,6 @@ def cross_validate(run_dirs: list[str | Path], out_dir: str | Path, data_dir: st
 def fold_epochs(run: FoldRun, trained: int, checkpoint: str) -> dict:
     """What summary.json records of a fold's training: epochs planned and trained, and the epoch of the
     checkpoint that predicted its cases."""
-    from vmunet.runtime.run_folder import resolve_checkpoint
-
     path = resolve_checkpoint(run.run_dir, checkpoint)
     return {"planned": run.config.epochs, "trained": trained,
             "checkpoint_epoch": checkpoint_epoch(path) if path.is_file() else None}

@@ -141,7 +141,7 @@ def corrupted_test_volume(template: BrainTemplate) -> np.ndarray:
 
 
 def demo_data(template: BrainTemplate, test_volume: np.ndarray):
-    from vmunet.data.splits import TrainingData
+    from vmunet.data.subsets import TrainingData
 
     excluded = held_out_z()
     train_z = [z for z in range(*TRAIN_Z) if z not in excluded]
@@ -166,7 +166,7 @@ def threshold_baseline(cases: list[dict], num_classes: int = 3, steps: int = 64)
     between consecutive candidates, so per-class interval counts give every pair's Dice exactly
     (np.digitize semantics) without touching the voxels again: ~0.1 s instead of ~30 s of brute force.
     """
-    from vmunet.metrics import dice
+    from vmunet.evaluation.metrics import dice
 
     image = np.concatenate([c["image"].ravel() for c in cases])
     truth = np.concatenate([c["label"].ravel() for c in cases]).astype(np.int64)
@@ -216,7 +216,7 @@ def write_prediction_nifti(path: Path, labels_zxy: np.ndarray, template: BrainTe
     a .gz name: the file used to be written uncompressed under a .nii.gz name, which nibabel cannot read)."""
     import nibabel as nib
 
-    from vmunet.runtime.writers import write_nifti
+    from vmunet.io.nifti import write_nifti
 
     full = np.zeros(template.full_shape, dtype=np.uint8)  # (X, Y, Z)
     full[CROP] = np.moveaxis(labels_zxy, 0, -1).astype(np.uint8)

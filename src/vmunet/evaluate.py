@@ -9,7 +9,7 @@
 - Polyp sets (PraNet's layout): each test set scored on its own with the field's metrics (``vmunet.evaluate_polyp``).
 
 Empty masks: each field of ``summary.json`` follows one stated rule, written beside it as
-``empty_mask_policy`` (``vmunet.metrics.IMAGE_POLICY`` for binary images, ``VOLUME_POLICY`` for volumes).
+``empty_mask_policy`` (``vmunet.evaluation.metrics.IMAGE_POLICY`` for binary images, ``VOLUME_POLICY`` for volumes).
 
 Ensembles: ``evaluate([run_a, run_b], out_dir=...)`` scores the members' averaged probabilities
 (``vmunet.inference.Ensemble``) on the first run's dataset and split; the results go to ``out_dir`` (no member's
@@ -24,26 +24,15 @@ from pathlib import Path
 from vmunet.config import config_from_dict
 from vmunet.inference import Ensemble, Predictor, Segmenter
 from vmunet.ops.workspace import scan_workspace
-from vmunet.postprocessing import Postprocessing, apply_postprocessing, load_for_run
+from vmunet.evaluation.postprocessing import Postprocessing, apply_postprocessing, load_for_run
 from vmunet.runtime.device import progress_bar, resolve_device
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, read_config_dict
-from vmunet.runtime.writers import check_output_folder, publish_together, refuse_existing_outputs
-
-
-def case_metrics(kind: str, pred, case: dict, num_classes: int, nsd_tolerance_mm: float) -> dict:
-    """One case's metric row by the data kind's protocol (shared by evaluate and ``vmunet cv``)."""
-    from vmunet import metrics
-
-    spacing = case.get("spacing")
-    if kind == "images" and num_classes == 1:
-        return metrics.binary_image_metrics(pred, case["label"], spacing=spacing, case_id=case["case_id"],
-                                            nsd_tolerance_mm=nsd_tolerance_mm)
-    classes = max(num_classes, 2)
-    if kind == "images":  # multi-class 2D folders: per-class DSC, IoU, HD95 (pixels)
-        return metrics.multiclass_image_metrics(pred, case["label"], classes, spacing=spacing,
-                                                case_id=case["case_id"], nsd_tolerance_mm=nsd_tolerance_mm)
-    return metrics.synapse_case_metrics(pred, case["label"], classes, spacing=spacing, case_id=case["case_id"],
-                                        nsd_tolerance_mm=nsd_tolerance_mm)
+from vmunet.io.files import check_output_folder, publish_together, refuse_existing_outputs
+from vmunet.data.splits import evaluation_cases
+from vmunet.evaluate_polyp import evaluate_polyp_sets
+from vmunet.evaluation import metrics
+from vmunet.evaluation.metrics import case_metrics, default_names
+from vmunet.inference import check_ensemble_runs
 
 
 @scan_workspace()  # frees the CPU scan's scratch buffers when the cases are scored
@@ -56,16 +45,12 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
     for cases with a spacing, in pixels/voxels for the others.
 
     ``predictor``: a ready Predictor or Ensemble to score instead of ``model`` (then None) with ``info``."""
-    from vmunet import metrics
-
     device = resolve_device(device) if isinstance(device, str) else device
     classes = max(info.num_classes, 2)  # one sigmoid output = background + lesion
     names = info.label_names if len(info.label_names) == classes else default_names(classes)
     if predictor is None:
         predictor = Predictor(model, info, device=device, batch_size=batch_size)  # the path `vmunet predict` takes
     if kind == "polyp":  # {set name: samples}, each set on its own with the polyp metrics
-        from vmunet.evaluate_polyp import evaluate_polyp_sets
-
         if postprocessing is not None:  # most of its metrics read the probability map, not the labels
             raise ValueError(f"{postprocessing.source}: the polyp protocol scores probability maps; "
                              "--postprocessing applies to label maps (use it with vmunet predict)")
@@ -102,10 +87,6 @@ def evaluate_cases(model, info: RunInfo, kind: str, cases, device="auto", batch_
     return {"summary": summary, "rows": rows, "table": table, "class_names": names}
 
 
-def default_names(classes: int) -> list[str]:
-    return ["background"] + [f"class {k}" for k in range(1, classes)]
-
-
 def binary_table(pooled: dict, per_image: dict) -> str:
     keys = ["miou", "dsc", "acc", "spe", "sen"]
     lines = [f"{'':<22}" + "".join(f"{k.upper():>9}" for k in keys),
@@ -126,8 +107,6 @@ def check_evaluation_folder(out_dir: str | Path, overwrite: bool) -> None:
 
 def write_evaluation(run_dir: str | Path, evaluation: dict, eval_dir: str | Path | None = None) -> None:
     """eval/summary.json and eval/per_case.csv (in ``eval_dir`` when given), each written whole or not at all."""
-    from vmunet import metrics
-
     eval_dir = Path(run_dir) / "eval" if eval_dir is None else Path(eval_dir)
     summary = json.dumps(evaluation["summary"], indent=2, default=float) + "\n"
     write_rows = evaluation.get("write_per_case_csv", metrics.write_per_case_csv)  # the polyp protocol: its own
@@ -145,8 +124,6 @@ def evaluate(run_dir: str | Path | list[str | Path], data_dir: str | Path | None
     """Evaluate a run on ``split`` of its dataset; writes RUN_DIR/eval/{summary.json, per_case.csv}, or
     OUT_DIR/... when ``out_dir`` is given (existing ones there replaced only with ``overwrite``). Several runs (a
     list): their ensemble, ``out_dir`` required."""
-    from vmunet.data.splits import evaluation_cases
-
     runs = [run_dir] if isinstance(run_dir, (str, Path)) else list(run_dir)
     if len(runs) > 1:
         return evaluate_ensemble(runs, out_dir, data_dir=data_dir, split=split, checkpoint=checkpoint,
@@ -175,9 +152,6 @@ def evaluate_ensemble(run_dirs: list[str | Path], out_dir: str | Path | None, da
                       postprocessing: str | Path | None = None, overwrite: bool = False) -> dict:
     """The ensemble of ``run_dirs`` on ``split`` of the first run's dataset (its config, or ``data_dir``);
     writes OUT_DIR/{summary.json, per_case.csv}, the members recorded in the summary."""
-    from vmunet.data.splits import evaluation_cases
-    from vmunet.inference import check_ensemble_runs
-
     if out_dir is None:
         raise ValueError(f"an ensemble of {len(run_dirs)} runs ({', '.join(str(r) for r in run_dirs)}) has no run "
                          "folder of its own: give --out DIR for its summary.json and per_case.csv")

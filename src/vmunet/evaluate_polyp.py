@@ -1,7 +1,7 @@
 """Evaluation of the polyp protocol (PraNet's layout): every test set scored on its own.
 
 Each image is predicted through the same path as ``vmunet predict`` (the run's resize and normalisation; the
-probabilities resized back to the image's size), then scored by ``vmunet.polyp_metrics``: mDice, mIoU, MAE,
+probabilities resized back to the image's size), then scored by ``vmunet.evaluation.polyp_metrics``: mDice, mIoU, MAE,
 wFm, Sm, meanEm per image, their means per set, and maxEm per set. ``summary.json`` holds a section per set,
 the mean over the sets (each set counts once, as the papers' tables read) and the per-image mean over all test
 images; ``per_case.csv`` one line per image with its set.
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet.polyp_metrics import DEFINITIONS, PER_IMAGE_KEYS, polyp_image_metrics, summarize_polyp_set
+from vmunet.evaluation.polyp_metrics import DEFINITIONS, PER_IMAGE_KEYS, polyp_image_metrics, summarize_polyp_set
 from vmunet.runtime.device import progress_bar
-from vmunet.runtime.writers import write_text_atomic
+from vmunet.io.files import write_text_atomic
 
 TABLE_KEYS = ("mDice", "mIoU", "MAE", "wFm", "Sm", "meanEm", "maxEm")
 

@@ -22,8 +22,8 @@ import torch
 
 from vmunet.models import VMUNet, VMUNetV2
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, run_folder_files
-from vmunet.runtime.writers import (atomic_write_bytes, check_output_file, refuse_existing_outputs,
-                                   refuse_overwriting)
+from vmunet.io.files import atomic_write_bytes, check_output_file, refuse_existing_outputs, refuse_overwriting
+from vmunet import __version__
 
 FORMATS = ("onnx", "torchscript", "pt2", "monai-bundle")
 DEFAULT_OPSET = 17  # LayerNormalization as one node; onnxruntime >= 1.12 runs it
@@ -69,8 +69,6 @@ def example_input(model: VMUNet, size: tuple[int, int], batch: int = 1, seed: in
 
 def onnx_metadata(model: VMUNet, info: RunInfo | None, size: tuple[int, int]) -> dict[str, str]:
     """What a deployment needs besides the graph, stored as ONNX metadata_props."""
-    from vmunet import __version__
-
     meta = {
         "vmunet_version": __version__,
         "image_size": json.dumps(list(size)),

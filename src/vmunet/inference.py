@@ -32,8 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmunet.data.readers import (LUMA, input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_case,
-                                 read_nifti_volume, read_sitk_volume)
+from vmunet.io.cases import read_nifti_case, read_nifti_volume
+from vmunet.io.h5 import read_h5_volume
+from vmunet.io.images import LUMA, read_image_file
+from vmunet.io.paths import input_kind, output_stem
+from vmunet.io.sitk import read_sitk_volume
 from vmunet.data.transforms import eval_transform, resize_to
 from vmunet.models import VMUNet, logits_to_probabilities
 from vmunet.runtime.device import resolve_device

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet.runtime.writers import atomic_write_bytes
+from vmunet.io.files import atomic_write_bytes
 
 # Class 0 stays grey; then red, green, blue, yellow, magenta, cyan, orange, purple, ...
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25], [240, 50, 230],

@@ -3,8 +3,8 @@
     summary = predict_paths("runs/isic17", ["photos/"], "masks/")
 
 Input discovery (folders, file kinds, a multi-channel NIfTI case's channel files), one output per input named
-by its stem, the summary. Reading is ``vmunet.data.readers``, the prediction itself ``vmunet.inference``
-(the path evaluation uses), writing ``vmunet.runtime.writers``.
+by its stem, the summary. Reading is ``vmunet.io``, the prediction itself ``vmunet.inference``
+(the path evaluation uses), writing one prediction's files ``vmunet.prediction_outputs`` (shared with serve).
 """
 
 from __future__ import annotations
@@ -12,26 +12,28 @@ from __future__ import annotations
 import glob
 import sys
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from vmunet.data.dicom import DicomSeries, dicom_files, find_series, looks_like_dicom, read_dicom_series
-from vmunet.data.readers import (check_file_name, input_kind, list_folder, output_stem, printable_path,
-                                 read_h5_volume, read_image_file, read_nifti_case, read_nifti_volume,
-                                 read_sitk_volume, sitk_labels)
+from vmunet.io.dicom import DicomSeries, dicom_files, find_series, looks_like_dicom, read_dicom_series
+from vmunet.io.cases import read_nifti_case, read_nifti_volume
+from vmunet.io.h5 import read_h5_volume
+from vmunet.io.images import read_image_file
+from vmunet.io.paths import check_file_name, input_kind, list_folder, output_stem, printable_path
+from vmunet.io.sitk import read_sitk_volume
 from vmunet.inference import Ensemble, Prediction, Predictor, check_ensemble_runs, load_predictor
 from vmunet.ops.workspace import scan_workspace
-from vmunet.postprocessing import load_for_run, postprocess_prediction
-from vmunet.runtime.dicom_seg import highdicom, write_dicom_seg
+from vmunet.evaluation.postprocessing import load_for_run, postprocess_prediction
+from vmunet.io.dicom import highdicom, write_dicom_seg
 from vmunet.runtime.run_folder import run_folder_files
-from vmunet.runtime.writers import (atomic_write_bytes, check_output_folder, index_png, mask_png,
-                                   refuse_existing_outputs, refuse_overwriting, write_label_volume, write_png,
-                                   write_sitk)
+from vmunet.prediction_outputs import (READ_ERRORS, OutputJob, probabilities_file, write_image_outputs,
+                                      write_volume_outputs)
+from vmunet.io.files import check_output_folder, refuse_existing_outputs, refuse_overwriting
+from vmunet.data.nifti import CHANNEL_FILE
+from vmunet.runtime.run_folder import read_run_info
 
 __all__ = ["Ensemble", "PredictSummary", "Prediction", "Predictor", "collect_inputs", "group_channel_files",
            "plan_outputs", "predict_paths", "probabilities_file", "run_folders"]
@@ -111,23 +113,11 @@ class PredictSummary:
         return "; ".join(parts) or "nothing to do"
 
 
-@dataclass
-class _Job:
-    path: Path  # the input (a multi-channel case: its channel 0 file)
-    kind: str
-    output: Path
-    stem: str
-    channels: list[Path] | None = None  # a multi-channel NIfTI case's files, in channel order
-    series: DicomSeries | None = None  # a DICOM series (kind "sitk", path its folder)
-
-
 def group_channel_files(files: list[Path], channels: int) -> tuple[list[Path], dict[str, list[Path]],
                                                                      list[tuple[Path, str]]]:
     """For a model with several input channels: NIfTI files named CASE_XXXX.nii[.gz] (nnU-Net layout) become
     one case each. Returns the other files, {case: channel files in order} and (path, problem) for NIfTI
     files that cannot form a case."""
-    from vmunet.data.nifti import CHANNEL_FILE
-
     others, found, problems = [], {}, []
     for path in files:
         if input_kind(path) != "nifti":
@@ -152,7 +142,7 @@ def group_channel_files(files: list[Path], channels: int) -> tuple[list[Path], d
 
 
 def plan_outputs(files: list[Path], out_dir: Path, cases: dict[str, list[Path]] | None = None,
-                 series: list[DicomSeries] | None = None) -> list[_Job]:
+                 series: list[DicomSeries] | None = None) -> list[OutputJob]:
     """One label file per input, named by its stem (a multi-channel case: CASE.nii.gz, as nnU-Net names
     it; a DICOM series: <folder>.nii.gz, or <folder>_<SeriesInstanceUID>.nii.gz when the folder holds several);
     two inputs that would write one file are an error."""
@@ -163,12 +153,12 @@ def plan_outputs(files: list[Path], out_dir: Path, cases: dict[str, list[Path]] 
             raise ValueError(f"{one.folder}: would write {output}, as {seen[output]} does; predict them into "
                              "separate --out folders")
         seen[output] = one.folder
-        jobs.append(_Job(one.folder, "sitk", output, one.stem, series=one))
+        jobs.append(OutputJob(one.folder, "sitk", output, one.stem, series=one))
     for case, channel_files in (cases or {}).items():
         first = channel_files[0]
         output = out_dir / (case + (".nii.gz" if first.name.lower().endswith(".gz") else ".nii"))
         seen[output] = first
-        jobs.append(_Job(first, "nifti", output, case, channel_files))
+        jobs.append(OutputJob(first, "nifti", output, case, channel_files))
     for path in files:
         kind = input_kind(path)
         stem = output_stem(path)
@@ -184,21 +174,16 @@ def plan_outputs(files: list[Path], out_dir: Path, cases: dict[str, list[Path]] 
             raise ValueError(f"{path}: would write {output}, as {seen[output]} does; predict them into "
                              "separate --out folders")
         seen[output] = path
-        jobs.append(_Job(path, kind, output, stem))
+        jobs.append(OutputJob(path, kind, output, stem))
     return jobs
 
 
-def probabilities_file(job: _Job) -> Path:
-    """Where ``--save-probabilities`` writes a job's probabilities: ``<stem>.npz`` beside its label map."""
-    return job.output.with_name(f"{job.stem}.npz")
-
-
-def dicom_seg_file(job: _Job, out_dir: Path) -> Path:
+def dicom_seg_file(job: OutputJob, out_dir: Path) -> Path:
     """Where ``--dicom-seg`` writes a DICOM series' SEG: ``<stem>.seg.dcm``."""
     return out_dir / f"{job.stem}.seg.dcm"
 
 
-def planned_files(jobs: list[_Job], out_dir: Path, overlay: bool, save_probabilities: bool,
+def planned_files(jobs: list[OutputJob], out_dir: Path, overlay: bool, save_probabilities: bool,
                   inputs: list[Path], dicom_seg: bool = False) -> list[Path]:
     """Every file predict may write: label maps (an .mhd's data file beside it), probabilities, DICOM SEGs and
     overlays (a volume's overlays are named by slice: any input named like one of them counts)."""
@@ -222,10 +207,6 @@ def planned_files(jobs: list[_Job], out_dir: Path, overlay: bool, save_probabili
                            and path.name.startswith(f"{job.stem}_slice"))
             planned.extend(sorted((out_dir / "overlays").glob(f"{glob.escape(job.stem)}_slice*.png")))
     return planned
-
-
-# What reading a bad or unreadable file raises (PIL, nibabel, h5py, gzip); caught around reading only.
-READ_ERRORS = (OSError, ValueError, KeyError, zlib.error, EOFError)
 
 
 def _stderr(line: str) -> None:
@@ -255,10 +236,10 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
     is written atomically.
 
     ``dicom_seg``: a DICOM series also gets ``OUT/<stem>.seg.dcm``, a DICOM SEG of its labels that references
-    the series (``vmunet.runtime.dicom_seg``; the ``dicom-seg`` extra); other inputs are predicted as usual.
+    the series (``vmunet.io.dicom.write_dicom_seg``; the ``dicom-seg`` extra); other inputs are predicted as usual.
 
-    ``postprocessing``: a postprocessing.json of ``vmunet cv`` (``vmunet.postprocessing``), applied to every label
-    map before it is written; the probabilities stay as the network gave them.
+    ``postprocessing``: a postprocessing.json of ``vmunet cv`` (``vmunet.evaluation.postprocessing``), applied to
+    every label map before it is written; the probabilities stay as the network gave them.
 
     An input that cannot be read or predicted is reported (one line through ``report``) and skipped; the
     others are still predicted, and the summary's ``exit_code`` is 1.
@@ -268,8 +249,6 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
     (``skip_existing`` leaves an input whose label map exists alone, and writes none of its files). ``out_dir``
     is made by the first output written into it.
     """
-    from vmunet.runtime.run_folder import read_run_info
-
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1 (got {batch_size})")
     runs = run_folders(run_dir)
@@ -310,7 +289,7 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
                                allow_pickle=allow_pickle)
     options = dict(overlay=overlay, save_probabilities=save_probabilities)
 
-    def fail(job: _Job, error: Exception) -> None:
+    def fail(job: OutputJob, error: Exception) -> None:
         message = str(error)
         if not message.startswith(str(job.path)):
             message = f"{job.path}: {type(error).__name__}: {message}"
@@ -335,7 +314,7 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
         predictions = [postprocess_prediction(prediction, spec) for prediction in predictions]
         for (job, image), prediction in zip(pending, predictions):
             try:
-                _write_image_outputs(job, image, prediction, predictor.num_classes, out_dir, **options,
+                write_image_outputs(job, image, prediction, predictor.num_classes, out_dir, **options,
                                      info=predictor.info)
             except OSError as error:
                 fail(job, error)
@@ -375,7 +354,7 @@ def predict_paths(run_dir: str | Path | Sequence[str | Path], inputs: Sequence[s
                 fail(job, error)
                 continue
         try:
-            _write_volume_outputs(job, volume, reference, prediction, out_dir, **options)
+            write_volume_outputs(job, volume, reference, prediction, out_dir, **options)
         except OSError as error:
             fail(job, error)
         else:
@@ -394,75 +373,3 @@ def _remove_if_empty(folder: Path, existed: bool) -> None:
         folder.rmdir()
 
 
-def _write_image_outputs(job: _Job, image: np.ndarray, prediction: Prediction, num_classes: int, out_dir: Path,
-                         overlay: bool, save_probabilities: bool, info=None) -> None:
-    """A multi-class 2D-folder run (``info.dataset == "folders"``) writes palette PNGs of class ids (the
-    dataset's colours) and overlays with a legend; other runs 0/255 or grey class-id PNGs and contours."""
-    from PIL import Image
-
-    from vmunet.overlay import class_colours, contour_overlay, legend_overlay
-
-    folders = info is not None and info.dataset == "folders" and num_classes <= 256
-    colours = class_colours(num_classes, info.label_colours) if folders else None
-
-    # Extras first, the label map last: an existing label map means this input is complete (skip_existing).
-    stem = job.stem
-    if save_probabilities:
-        write_probabilities(probabilities_file(job), prediction.probabilities, num_classes)  # (K, H, W)
-    if overlay:
-        picture = legend_overlay(image, prediction.labels, info.label_names, colours) if folders else \
-            contour_overlay(image, prediction.labels)
-        write_png(out_dir / "overlays" / f"{stem}.png", Image.fromarray(picture))
-    labels = prediction.labels
-    write_png(job.output, index_png(labels, colours) if folders else mask_png(labels, num_classes))
-
-
-def _write_volume_outputs(job: _Job, volume: np.ndarray, reference, prediction: Prediction, out_dir: Path,
-                          overlay: bool, save_probabilities: bool) -> None:
-    stem = job.stem
-    labels = prediction.labels  # (D, H, W)
-    if save_probabilities:
-        write_probabilities(probabilities_file(job), stored_order(job.kind, prediction.probabilities),
-                            prediction.probabilities.shape[0])
-    if job.kind == "sitk":  # labels in the input's format on its grid
-        if overlay:
-            _write_overlays(out_dir, stem, volume, labels)
-        write_sitk(job.output, sitk_labels(labels, reference))
-        return
-    if overlay:
-        _write_overlays(out_dir, stem, volume, labels)
-    write_label_volume(job.output, labels, reference)
-
-
-def stored_order(kind: str, probabilities: np.ndarray) -> np.ndarray:
-    """(K, D, H, W) probabilities of a volume read as (D, H, W) -> (K, ...) in the axis order of the input's array
-    as its reader gives it: NIfTI (K, X, Y, Z) as nibabel's (D, H, W) = (Z, X, Y); .mha/.mhd/.nrrd (K, z, y, x)
-    as SimpleITK's GetArrayFromImage (read as (z, x, y)); .npy.h5 (K, D, H, W) as stored."""
-    if kind == "nifti":
-        return np.moveaxis(probabilities, 1, -1)
-    if kind == "sitk":
-        return probabilities.transpose(0, 1, 3, 2)
-    return probabilities
-
-
-def write_probabilities(path: Path, probabilities: np.ndarray, num_classes: int) -> None:
-    """``path`` (.npz, compressed) with the key ``probabilities``: float32 (K, ...), one map per class including
-    the background, as nnU-Net stores them; a one-class (sigmoid) run's (1, ...) map p becomes (1 - p, p), so
-    that K is always the number of label values and the argmax over axis 0 is the label map (at p = 0.5
-    exactly the label is 1, the argmax 0)."""
-    probabilities = np.asarray(probabilities, np.float32)
-    if num_classes == 1 and probabilities.shape[0] == 1:
-        probabilities = np.concatenate([1 - probabilities, probabilities])
-    array = np.ascontiguousarray(probabilities)
-    atomic_write_bytes(path, lambda handle: np.savez_compressed(handle, probabilities=array))
-
-
-def _write_overlays(out_dir: Path, stem: str, volume: np.ndarray, labels: np.ndarray) -> None:
-    from PIL import Image
-
-    from vmunet.overlay import contour_overlay, representative_slices, window_to_uint8
-
-    display = window_to_uint8(volume[..., 0] if volume.ndim == 4 else volume)  # (D, H, W): windowed whole
-    for z in representative_slices(labels):
-        write_png(out_dir / "overlays" / f"{stem}_slice{z:03d}.png", Image.fromarray(contour_overlay(display[z],
-                                                                                                     labels[z])))

@@ -13,8 +13,8 @@ label NIfTI of a volume (the input's affine and header); ``?format=json`` return
 (pixels, and mm^2 or mL when the spacing is known: a NIfTI header, or ``?spacing=`` in mm for an image). The page
 asks for ``?format=json&preview=true``, which adds the pictures it draws and the mask file itself (base64).
 
-Reading, the prediction and writing are ``vmunet.predict``'s own functions (``vmunet.data.readers``,
-``vmunet.inference.Predictor``, ``vmunet.runtime.writers``). The model is loaded once; predictions run one at a time
+Reading, the prediction and writing are those of ``vmunet predict`` (``vmunet.io``,
+``vmunet.inference.Predictor``, ``vmunet.prediction_outputs``). The model is loaded once; predictions run one at a time
 (a lock: on a CPU parallel forwards only compete for the cores). Every upload goes to a temporary folder removed
 when its request ends.
 
@@ -49,8 +49,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet.data.readers import (input_kind, output_stem, read_h5_volume, read_image_file, read_nifti_volume,
-                                 read_sitk_volume)
+from vmunet.io.cases import read_nifti_volume
+from vmunet.io.h5 import read_h5_volume
+from vmunet.io.images import read_image_file
+from vmunet.io.paths import input_kind, output_stem
+from vmunet.io.sitk import read_sitk_volume
 from vmunet.inference import Ensemble, Prediction, Segmenter, load_predictor
 from vmunet.io.limits import SERVE_MAX_VOXELS, NotSelfContained, TooLarge, check_file
 from vmunet.runtime.http_guards import (LOOPBACK_HOST_NAMES, WILDCARD, HostCheck, RequestSlots, Slots, TokenCheck,
@@ -58,7 +61,7 @@ from vmunet.runtime.http_guards import (LOOPBACK_HOST_NAMES, WILDCARD, HostCheck
 from vmunet.ops import use_backend
 from vmunet.ops.workspace import scan_workspace
 from vmunet.overlay import window_to_uint8
-from vmunet.predict import READ_ERRORS, _Job, _write_image_outputs, _write_volume_outputs
+from vmunet.prediction_outputs import READ_ERRORS, OutputJob, write_image_outputs, write_volume_outputs
 
 __all__ = ["DEFAULT_MAX_UPLOAD_MB", "SERVE_MAX_VOXELS", "check_token", "create_app", "make_server",
            "require_serve_extra", "serve"]
@@ -386,15 +389,15 @@ def create_app(run_dir: str | Path | list[str | Path], checkpoint: str = "best",
         stem = output_stem(Path(name))
         out_dir = work / "out"
         if kind == "image":
-            job = _Job(path, kind, out_dir / f"{stem}.png", stem)
-            _write_image_outputs(job, data, prediction, predictor.num_classes, out_dir, overlay=False,
+            job = OutputJob(path, kind, out_dir / f"{stem}.png", stem)
+            write_image_outputs(job, data, prediction, predictor.num_classes, out_dir, overlay=False,
                                  save_probabilities=False, info=predictor.info)
             media, download = "image/png", f"{stem}_mask.png"
         else:  # the labels in the input's format, as vmunet predict writes them
             suffix = Path(name).suffix.lower() if kind == "sitk" else (
                 ".nii" if kind == "nifti" and not name.lower().endswith(".gz") else ".nii.gz")
-            job = _Job(path, kind, out_dir / f"{stem}{suffix}", stem)
-            _write_volume_outputs(job, data, reference, prediction, out_dir, overlay=False, save_probabilities=False)
+            job = OutputJob(path, kind, out_dir / f"{stem}{suffix}", stem)
+            write_volume_outputs(job, data, reference, prediction, out_dir, overlay=False, save_probabilities=False)
             media = "application/gzip" if suffix == ".nii.gz" else "application/octet-stream"
             download = f"{stem}_mask{suffix}"
         mask_bytes = job.output.read_bytes()

@@ -26,13 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import vmunet
-from vmunet import metrics
+from vmunet.evaluation import metrics
 from vmunet.config import TrainConfig, config_from_dict
 from vmunet.data.transforms import recipe_interpolation
 from vmunet.ops import resolve_backend
 from vmunet.io.limits import voxel_limit
 from vmunet.ops.workspace import scan_workspace
-from vmunet.data.splits import TrainingData, case_names, prepare_training_data
+from vmunet.data.splits import prepare_training_data
+from vmunet.data.subsets import TrainingData, case_names
 from vmunet.models import create_model, load_pretrained_vmamba
 from vmunet.runtime.device import (autocast, deterministic_algorithms, is_nondeterministic_op, is_out_of_memory,
                                    needs_grad_scaler, progress_bar, seed_everything)
@@ -41,7 +42,10 @@ from vmunet.runtime.distributed import (DistInfo, EpochSampler, all_finite, barr
 from vmunet.runtime.run_folder import (LOCK_FILE, SPLIT_FILE, RunFolderLock, RunInfo, checkpoint_dir,
                                        load_checkpoint, load_weights, read_config_dict, read_split, save_checkpoint,
                                        write_config, write_run_info, write_split)
-from vmunet.runtime.writers import write_text_atomic
+from vmunet.io.files import write_text_atomic
+from vmunet.data import SegmentationDataset
+from vmunet.data.fingerprints import case_fingerprints
+from vmunet.data.transforms import eval_transform, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +151,6 @@ class CorruptThenAugment:
 
 
 def build_datasets(config: TrainConfig, data: TrainingData):
-    from vmunet.data import SegmentationDataset
-    from vmunet.data.transforms import eval_transform, train_transform
-
     augment = train_transform(config.augmentation, config.image_size, config.normalization)
     if data.corrupt is not None:
         augment = CorruptThenAugment(data.corrupt, augment)
@@ -241,7 +242,6 @@ def record_split(run_dir: Path, config: TrainConfig, data: TrainingData, resume:
                              f"trained on ({', '.join(changed[:3]) or 'the same cases, other folds'}); resume with "
                              "the data it trained on")
         return
-    from vmunet.data.fingerprints import case_fingerprints
 
     fingerprints = {**(case_fingerprints(data.train) or {}), **(case_fingerprints(data.val) or {})}
     write_split(run_dir, train_ids, val_ids, fingerprints or None)

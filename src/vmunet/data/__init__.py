@@ -6,7 +6,7 @@ Volume: ``{"image": float32 (D, H, W), "label": int64 (D, H, W) or None, "case_i
 (z, x, y), as the readers return it and the metrics (HD95, NSD) take it.
 """
 
-from vmunet.data.checks import check_labels, check_same_shape
+from vmunet.io.checks import check_labels, check_same_shape
 from vmunet.data.dataset import SegmentationDataset
 from vmunet.data.isic import IsicFolder, available_splits
 from vmunet.data.nifti import NiftiSlices, NiftiVolumes, read_label_names

@@ -15,6 +15,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vmunet.data.isic import PairedImages
+from vmunet.data.nifti import NiftiSlices, NiftiVolumes
+from vmunet.data.subsets import Subset, volume_id
+from vmunet.data.synapse import SynapseSlices, SynapseVolumes
+
 CHUNK = 1 << 20
 ALGORITHM = "sha256"  # hardware-accelerated on most CPUs (SHA-NI, ARMv8): faster than blake2b there
 
@@ -29,8 +34,6 @@ def file_digest(path: Path) -> str:
 
 def _base_and_indices(samples: Sequence) -> tuple[Sequence, list[int]]:
     """The dataset under (nested) ``Subset`` views, and the indices of ``samples`` in it."""
-    from vmunet.data.splits import Subset
-
     indices = list(range(len(samples)))
     while isinstance(samples, Subset):
         indices = [samples.indices[i] for i in indices]
@@ -41,11 +44,6 @@ def _base_and_indices(samples: Sequence) -> tuple[Sequence, list[int]]:
 def case_files(samples: Sequence) -> dict[str, list[Path]] | None:
     """{case (volume) id: the files its samples are read from, in order}, or None for samples that are not read
     from files (the demo's volume built in memory)."""
-    from vmunet.data.isic import PairedImages
-    from vmunet.data.nifti import NiftiSlices, NiftiVolumes
-    from vmunet.data.splits import volume_id
-    from vmunet.data.synapse import SynapseSlices, SynapseVolumes
-
     base, indices = _base_and_indices(samples)
     files: dict[str, list[Path]] = {}
     for index in indices:

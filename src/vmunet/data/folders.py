@@ -21,8 +21,9 @@ import numpy as np
 from PIL import Image
 
 from vmunet.config import read_json
-from vmunet.data.checks import refuse_ignore_label
+from vmunet.io.checks import refuse_ignore_label
 from vmunet.data.isic import PairedImages, split_pairs
+from vmunet.io.images import read_image
 
 INDEX_MODES = ("L", "I", "I;16", "I;16B", "I;16L", "P", "1")
 
@@ -81,8 +82,6 @@ def _show_colours(codes: np.ndarray, limit: int = 5) -> str:
 
 def read_class_mask(path: Path, class_map: ClassMap | None, num_classes: int | None) -> np.ndarray:
     """(H, W) int64 class ids of one mask; values are checked against ``num_classes`` when given."""
-    from vmunet.data.readers import read_image
-
     if class_map is not None and class_map.colours is not None:
         rgb = read_image(path, "RGB")  # P, L, RGBA all read as colours
         codes = _codes(rgb)
@@ -145,8 +144,6 @@ def _show_values(values: list[int], limit: int = 10) -> str:
 def _colour_map_example(items: list[tuple[str, Path, Path]], values: list[int], limit: int = 4) -> str:
     """labels.json's colour form for the first ``limit`` mask values: each value's colour as the colour reader
     sees it (grey v -> [v, v, v], a palette index -> its palette colour)."""
-    from vmunet.data.readers import read_image
-
     wanted, colours = values[:limit], {}
     for _, _, mask_path in items:
         indices = read_class_mask(mask_path, None, None)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet.data.checks import check_same_shape
-from vmunet.data.readers import IMAGE_SUFFIXES, list_folder, read_image, read_rgb_image
+from vmunet.io.checks import check_same_shape
+from vmunet.io.images import read_image, read_rgb_image
+from vmunet.io.paths import IMAGE_SUFFIXES, list_folder
 
 SPLITS = ("train", "val", "test")
 MASK_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".gif"}

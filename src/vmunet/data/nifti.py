@@ -12,23 +12,22 @@
 Axis order: arrays are kept as stored (no reorientation); the last stored axis (usually axial) is moved to the
 front, so a volume is (D, H, W) = stored (X, Y, Z) -> (Z, X, Y), and 2D slices are ``volume[d]``. ``spacing`` is
 the header's zooms in that same (D, H, W) order; ``affine`` is the file's, for the stored order:
-``vmunet.runtime.writers.write_label_volume`` moves the axis back before writing, so predictions line up with
+``vmunet.io.nifti.write_label_volume`` moves the axis back before writing, so predictions line up with
 the image in any viewer.
 """
 
 from __future__ import annotations
 
 import re
-import zlib
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from vmunet.config import read_json
-from vmunet.data.checks import check_finite, check_labels, check_same_affine, check_same_shape, refuse_ignore_label
-from vmunet.data.readers import SITK_SUFFIXES, list_folder
-from vmunet.io.limits import check_nifti_header
+from vmunet.io.checks import refuse_ignore_label
+from vmunet.io.cases import read_header, read_volume
+from vmunet.io.paths import list_folder
 
 CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ext>\.nii(\.gz)?)$")  # nnU-Net: CASE_XXXX.nii.gz
 FILE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".png", ".bmp", ".tif", ".tiff")
@@ -53,14 +52,6 @@ def file_ending(root: Path) -> str:
 
 def channel_pattern(ending: str) -> re.Pattern:
     return re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(ending) + "$", re.IGNORECASE)
-
-
-def _nibabel():
-    try:
-        import nibabel
-    except ImportError as exc:
-        raise ImportError("reading NIfTI volumes needs nibabel: pip install 'vmunet[nifti]'") from exc
-    return nibabel
 
 
 def read_dataset_json(root: str | Path) -> dict:
@@ -144,108 +135,6 @@ def _what_was_found(image_dir: Path, root: Path) -> str:
     declared = (root / "dataset.json").is_file() and read_dataset_json(root).get("file_ending") is not None
     source = "dataset.json's file_ending" if declared else "the ending found"
     return f" (found: {shown}; {source} is {file_ending(root)!r})"
-
-
-def _load(path: Path):
-    nib = _nibabel()
-    from nibabel.filebasedimages import ImageFileError
-
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: cannot read NIfTI file: empty file (0 bytes)")
-    check_nifti_header(path)  # the voxel limit, before any voxel is decoded
-    try:
-        img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
-        raise ValueError(f"{path}: cannot read NIfTI file: {type(exc).__name__}: {exc}") from exc
-    return img, data
-
-
-def _to_dhw(data: np.ndarray, path: Path) -> np.ndarray:
-    """Stored (X, Y, Z[, 1]) -> (Z, X, Y)."""
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D volume, found shape {data.shape}")
-    return np.moveaxis(data, -1, 0)
-
-
-def read_case_file(path: Path, mask: bool = False) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
-    """One file of a case by its ending: (array (D, H, W), or (1, H, W, 3) for an RGB 2D file; spacing (D, H, W);
-    a 4x4 index -> physical matrix for comparing grids). ``mask``: a 2D label file keeps its palette indices."""
-    from vmunet.data.readers import read_image_file, read_index_mask, read_sitk_image, sitk_geometry, sitk_to_dhw
-
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        img, data = _load(path)
-        zooms = img.header.get_zooms()[:3]
-        return _to_dhw(data, path), (float(zooms[2]), float(zooms[0]), float(zooms[1])), np.asarray(img.affine,
-                                                                                                     np.float64)
-    if name.endswith(SITK_SUFFIXES):
-        image = read_sitk_image(path)
-        volume = sitk_to_dhw(image, path)  # first: a 2D file is refused by name, before its 2D geometry is read
-        spacing, affine = sitk_geometry(image)
-        return volume, spacing, affine
-    data = read_index_mask(path) if mask else read_image_file(path)  # (H, W) or (H, W, 3), alpha dropped
-    return data[None], (1.0, 1.0, 1.0), np.eye(4)
-
-
-def read_header(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray]:
-    """Shape (D, H, W), spacing (D, H, W) and affine from the header alone (no voxel data read)."""
-    name = path.name.lower()
-    if name.endswith(SITK_SUFFIXES):
-        from vmunet.data.readers import simpleitk
-
-        reader = simpleitk().ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as exc:
-            raise ValueError(f"{path}: cannot read image header: {str(exc).strip().splitlines()[-1]}") from None
-        x, y, z = (tuple(reader.GetSize()) + (1,))[:3]
-        sx, sy, sz = (tuple(float(s) for s in reader.GetSpacing()) + (1.0,))[:3]
-        return (z, x, y), (sz, sx, sy), np.eye(4)
-    if not name.endswith((".nii", ".nii.gz")):
-        from vmunet.data.readers import displayed_size
-
-        return (1, *displayed_size(path)), (1.0, 1.0, 1.0), np.eye(4)
-    nib = _nibabel()
-    from nibabel.filebasedimages import ImageFileError
-
-    try:
-        img = nib.load(path)
-    except (OSError, EOFError, ValueError, zlib.error, ImageFileError) as exc:
-        raise ValueError(f"{path}: cannot read NIfTI file (its header): {type(exc).__name__}: {exc}") from exc
-    shape = img.shape[:3]
-    if len(img.shape) not in (3, 4) or (len(img.shape) == 4 and img.shape[3] != 1):
-        raise ValueError(f"{path}: expected a 3D volume, found shape {img.shape}")
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return (shape[2], shape[0], shape[1]), (zooms[2], zooms[0], zooms[1]), img.affine
-
-
-def read_volume(image_files: list[Path], label_file: Path | None, num_classes: int | None, case_id: str) -> dict:
-    """One case: image float32 (D, H, W) for one channel, (D, H, W, C) for several; label int64 (D, H, W)."""
-    channels, affine = [], None
-    for path in image_files:
-        data, file_spacing, file_affine = read_case_file(path)
-        data = data.astype(np.float32)
-        check_finite(data, path)
-        if channels:
-            check_same_shape(channels[0].shape[:3], data.shape[:3], f"{path} (channel shape vs {image_files[0].name})")
-            check_same_affine(file_affine, affine, path, image_files[0].name)
-        channels.extend([data[..., c] for c in range(data.shape[3])] if data.ndim == 4 else [data])
-        if affine is None:
-            spacing, affine = file_spacing, file_affine
-    image = channels[0] if len(channels) == 1 else np.stack(channels, axis=-1)
-    label = None
-    if label_file is not None:
-        data, _, label_affine = read_case_file(label_file, mask=True)
-        if data.ndim == 4:
-            raise ValueError(f"{label_file}: label map has {data.shape[3]} channels, expected one")
-        label = check_labels(data, num_classes, label_file) if num_classes else data.astype(np.int64)
-        check_same_shape(channels[0].shape, label.shape, f"{label_file} (label vs {image_files[0].name})")
-        check_same_affine(label_affine, affine, label_file, image_files[0].name)
-    return {"image": image, "label": label, "case_id": case_id, "spacing": spacing, "affine": affine}
 
 
 class NiftiVolumes:

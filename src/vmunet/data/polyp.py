@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet.data.checks import check_same_shape
+from vmunet.io.checks import check_same_shape
 from vmunet.data.isic import PairedImages, pair_by_stem
-from vmunet.data.readers import displayed_size, read_image
+from vmunet.io.images import displayed_size, read_image
 
 TRAIN_FOLDER, TEST_FOLDER = "TrainDataset", "TestDataset"
 MASK_THRESHOLD = 128

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vmunet.data.checks import check_finite, check_labels, check_same_shape
+from vmunet.io.checks import check_finite, check_labels, check_same_shape
 from vmunet.io.limits import check_h5_dataset
 
 CLASS_NAMES = ("background", "aorta", "gallbladder", "left kidney", "right kidney", "liver", "pancreas",

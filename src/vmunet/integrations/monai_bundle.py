@@ -27,11 +27,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vmunet.data.readers import input_kind, list_folder, output_stem, read_image_file, read_nifti_volume
+from vmunet.io.cases import read_nifti_volume
+from vmunet.io.images import read_image_file
+from vmunet.io.paths import input_kind, list_folder, output_stem
 from vmunet.inference import Predictor
 from vmunet.runtime.run_folder import RunInfo, load_model_from_run, load_weights, run_folder_files
-from vmunet.runtime.writers import (check_output_folder, index_png, mask_png, refuse_overwriting, write_nifti,
-                                    write_png, write_text_atomic)
+from vmunet.io.files import check_output_folder, refuse_overwriting, write_text_atomic
+from vmunet.io.images import index_png, mask_png, write_png
+from vmunet.io.nifti import write_nifti
+from vmunet import __version__
+from vmunet.overlay import class_colours
 
 WEIGHTS = "models/model.pt"
 METADATA = "configs/metadata.json"
@@ -50,8 +55,6 @@ def require_monai() -> None:
 def metadata(info: RunInfo, checkpoint_epoch: int | None) -> dict:
     """MONAI's metadata.json fields, and the run description vmunet needs under "vmunet"."""
     import monai
-
-    from vmunet import __version__
 
     classes = info.num_classes
     names = list(info.label_names)
@@ -185,8 +188,6 @@ class BundlePredictor:
     def write_image_labels(self, image: np.ndarray, output: Path) -> None:
         """PNG labels as ``vmunet predict`` writes them: palette class ids for a colour-mask ('folders') run,
         else 0/255 (one class) or grey class ids."""
-        from vmunet.overlay import class_colours
-
         labels = self.predictor.predict_image(image).labels  # (H, W)
         classes = self.info.num_classes
         if self.info.dataset == "folders" and classes <= 256:

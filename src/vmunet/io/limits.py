@@ -285,7 +285,7 @@ def check_dicom_files(files: Sequence[str | Path], source: str | Path, max_voxel
 
 
 def check_file(path: str | Path, kind: str, max_voxels: int | None = None, self_contained: bool = False) -> None:
-    """The header checks of one file of a ``vmunet.data.readers.input_kind`` kind ("image", "nifti", "sitk",
+    """The header checks of one file of a ``vmunet.io.paths.input_kind`` kind ("image", "nifti", "sitk",
     "h5"); with ``self_contained`` (uploads) also the storage checks, and images only in the upload formats."""
     if kind == "image":
         check_image_header(path, max_voxels, UPLOAD_IMAGE_FORMATS if self_contained else None)

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from vmunet.runtime.device import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -37,8 +39,6 @@ def launched_by_torchrun() -> bool:
 
 def init_distributed(device_name: str, timeout_minutes: float = 30.0) -> tuple[DistInfo, torch.device]:
     """Join the process group when launched by torchrun; returns (DistInfo, this rank's device)."""
-    from vmunet.runtime.device import resolve_device
-
     if not launched_by_torchrun():
         return DistInfo(), resolve_device(device_name)
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))

@@ -25,7 +25,7 @@ import yaml
 
 from vmunet.config import read_json, read_text, read_yaml
 from vmunet.models import VMUNet, create_model
-from vmunet.runtime.writers import atomic_write_bytes, write_text_atomic
+from vmunet.io.files import atomic_write_bytes, write_text_atomic
 
 
 @dataclass

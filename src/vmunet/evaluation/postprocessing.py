@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from vmunet.config import read_json
+
 FORMAT = "vmunet-postprocessing/1"
 DICE_RULE = ("DSC per case and class, mean over the cases where the class is in the truth or the prediction "
              "(absent from both: left out)")
@@ -240,8 +242,6 @@ def spec_from_dict(data, source: str = "postprocessing") -> Postprocessing:
 
 def load_postprocessing(path: str | Path) -> Postprocessing:
     """Read a postprocessing.json written by ``vmunet cv``; a missing file, bad JSON or schema names the file."""
-    from vmunet.config import read_json
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: postprocessing file not found (`vmunet cv` writes OUT/postprocessing.json)")

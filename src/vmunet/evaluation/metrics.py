@@ -410,6 +410,26 @@ VOLUME_POLICY = {
 }
 
 
+def case_metrics(kind: str, pred, case: dict, num_classes: int, nsd_tolerance_mm: float) -> dict:
+    """One case's metric row by the data kind's protocol ("images" or "volumes"; shared by evaluate and
+    ``vmunet cv``)."""
+    spacing = case.get("spacing")
+    if kind == "images" and num_classes == 1:
+        return binary_image_metrics(pred, case["label"], spacing=spacing, case_id=case["case_id"],
+                                    nsd_tolerance_mm=nsd_tolerance_mm)
+    classes = max(num_classes, 2)
+    if kind == "images":  # multi-class 2D folders: per-class DSC, IoU, HD95 (pixels)
+        return multiclass_image_metrics(pred, case["label"], classes, spacing=spacing,
+                                        case_id=case["case_id"], nsd_tolerance_mm=nsd_tolerance_mm)
+    return synapse_case_metrics(pred, case["label"], classes, spacing=spacing, case_id=case["case_id"],
+                                nsd_tolerance_mm=nsd_tolerance_mm)
+
+
+def default_names(classes: int) -> list[str]:
+    """Class names where a run has none: background, class 1, ..."""
+    return ["background"] + [f"class {k}" for k in range(1, classes)]
+
+
 def _class_names(rows: Sequence[dict], class_names: Sequence[str]) -> list[str]:
     """Foreground names; a list that also names the background (index 0) is accepted."""
     n = len(rows[0]["dice"])

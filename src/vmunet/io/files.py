@@ -1,4 +1,5 @@
-"""Files written whole or not at all: checkpoints, tables, label maps (PNG, NIfTI), arrays.
+"""Files written whole or not at all (checkpoints, tables, arrays; the format writers in ``images``, ``nifti``,
+``sitk`` and ``dicom`` build on it), and outputs that must not replace a user's files.
 
 Every writer goes through ``atomic_write_bytes`` (a temporary file in the same folder, fsync, rename), so a
 crash or a full disk never leaves a torn file where a finished one is expected; the file gets the permissions a
@@ -10,13 +11,10 @@ any work: an output never replaces an input, nor an existing file without ``--ov
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 
 def current_umask() -> int:
@@ -200,68 +198,3 @@ def _keep(path: Path, keepsake: Path) -> None:
         shutil.copy2(path, keepsake)
 
 
-
-def mask_png(labels: np.ndarray, num_classes: int):
-    """(H, W) class ids -> PIL image: 0/255 for one class, the ids themselves for several."""
-    from PIL import Image
-
-    if num_classes == 1:
-        return Image.fromarray((labels > 0).astype(np.uint8) * 255)
-    if num_classes <= 256:
-        return Image.fromarray(labels.astype(np.uint8))
-    return Image.fromarray(labels.astype(np.uint16))
-
-
-def index_png(labels: np.ndarray, colours: np.ndarray):
-    """(H, W) class ids (K <= 256) -> a palette PNG image: the pixels are the class ids (what a reader of index
-    masks gets back), the palette gives each class its (K, 3) colour for viewers."""
-    from PIL import Image
-
-    picture = Image.fromarray(np.asarray(labels).astype(np.uint8), mode="P")
-    picture.putpalette(np.asarray(colours, np.uint8).reshape(-1).tolist())
-    return picture
-
-
-def write_png(path: Path, picture) -> None:
-    atomic_write_bytes(path, lambda handle: picture.save(handle, format="PNG"))
-
-
-def write_nifti(path: Path, data: np.ndarray, reference, intent: str | None = None, compresslevel: int = 6) -> None:
-    """Write ``data`` (stored axis order) with ``reference``'s affine and header (None: identity affine)."""
-    import nibabel as nib
-
-    if reference is None:
-        image = nib.Nifti1Image(data, np.eye(4))
-    else:
-        image = type(reference)(data, reference.affine, header=reference.header.copy())
-    image.set_data_dtype(data.dtype)
-    image.header.set_slope_inter(1.0, 0.0)  # the input's intensity scaling must not rescale labels
-    image.header["cal_min"], image.header["cal_max"] = float(data.min(initial=0)), float(data.max(initial=0))
-    if intent is not None:
-        image.header.set_intent(intent)
-    payload = image.to_bytes()
-    if path.name.lower().endswith(".gz"):
-        payload = gzip.compress(payload, compresslevel=compresslevel, mtime=0)
-    atomic_write_bytes(path, lambda handle: handle.write(payload))
-
-
-def write_label_volume(path: Path, labels: np.ndarray, reference) -> None:
-    """A (D, H, W) label map (the readers' order: the stored last axis first) as a NIfTI label file in the stored
-    axis order, on ``reference``'s grid (the input's nibabel image; None: identity affine)."""
-    labels = np.asarray(labels)
-    dtype = np.uint8 if labels.max(initial=0) < 256 else np.int16
-    write_nifti(Path(path), np.ascontiguousarray(np.moveaxis(labels, 0, -1), dtype), reference, intent="label")
-
-
-def write_sitk(path: Path, image) -> None:
-    """Write a SimpleITK image in the format of ``path``'s ending (.mha, .mhd + its .zraw, .nrrd, .nii.gz):
-    written into a temporary folder beside it and moved into place, the data file before the header."""
-    import SimpleITK as sitk
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tmp-") as tmp:
-        sitk.WriteImage(image, str(Path(tmp) / path.name), True)  # compressed
-        for written in sorted(Path(tmp).iterdir(), key=lambda p: p.name == path.name):
-            os.chmod(written, 0o666 & ~current_umask())
-            os.replace(written, path.parent / written.name)
