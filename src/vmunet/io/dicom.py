@@ -59,14 +59,7 @@ def looks_like_dicom(path: Path) -> bool:
     endings). Files of a kind vmunet reads otherwise (images, volumes) are not DICOM."""
     if input_kind(path) is not None:
         return False
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(PREAMBLE)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
+    return path.suffix.lower() in DICOM_SUFFIXES or _has_marker(path)
 
 
 def dicom_files(folder: Path) -> list[Path]:
