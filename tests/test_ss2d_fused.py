@@ -1,0 +1,127 @@
+"""SS2D's fused four-direction scan on the "numba" backend (ops/ss2d_numba.py) against the float64 reference:
+the plain path (four permuted copies, their projections, the sequential reference scan, the merge), outputs and
+the gradients of the input and of every SS2D scan parameter; the model's logits against the "torch" backend."""
+
+import pytest
+import torch
+
+from vmunet import create_model
+from vmunet.models.ss2d import SS2D
+from vmunet.ops import scan_numba, use_backend
+from vmunet.ops.ss2d_numba import positions
+from vmunet.ops.ss2d_scan import ss2d_scan, ss2d_scan_plain
+
+pytestmark = pytest.mark.skipif(not scan_numba.is_available(), reason="numba is not installed (pip install numba)")
+
+PARAMS = ("x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds")
+
+
+def scan_parameters(d_model, d_state, seed):
+    """An SS2D's scan parameters, float64, spread wider than the initialisation so every term matters."""
+    torch.manual_seed(seed)
+    m = SS2D(d_model, d_state=d_state)
+    with torch.no_grad():
+        m.x_proj_weight.normal_(0, 0.3)
+        m.dt_projs_weight.normal_(0, 0.5)
+        m.dt_projs_bias.normal_(0, 0.5)
+        m.A_logs.add_(torch.randn_like(m.A_logs) * 0.3)
+        m.Ds.normal_()
+    return m.d_inner, {name: getattr(m, name).detach().double().requires_grad_() for name in PARAMS}
+
+
+def assert_relative(got, expected, tol, what):
+    scale = expected.abs().max().item()
+    err = (got.double() - expected).abs().max().item()
+    assert err <= tol * max(scale, 1e-30), f"{what}: max error {err:.2e} vs max |value| {scale:.2e}"
+
+
+@pytest.mark.parametrize("batch,d_model,d_state,H,W", [
+    (2, 8, 16, 9, 13),   # odd H and W, H != W, batch > 1, L = 117: a chunk and a remainder
+    (3, 40, 4, 5, 3),    # dt rank 3, N = 4, L shorter than a chunk
+    (1, 8, 16, 16, 9),   # L = 144: three chunks, columns of odd length
+    (2, 8, 16, 1, 1),    # L = 1
+])
+def test_outputs_and_every_gradient_match_float64_reference(batch, d_model, d_state, H, W):
+    d, p64 = scan_parameters(d_model, d_state, seed=H * W)
+    x = torch.randn(batch, d, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    expected = ss2d_scan_plain(x, *p64.values(), backend="ref")  # (b, d, L)
+
+    x32 = x.detach().float().requires_grad_()
+    p32 = {k: v.detach().float().requires_grad_() for k, v in p64.items()}
+    got = ss2d_scan(x32, *p32.values(), backend="numba")
+    assert got.dtype == torch.float32 and got.shape == (batch, d, H * W)
+    assert_relative(got, expected, 1e-5, "output")
+
+    w = torch.randn(expected.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    names = ["x", *PARAMS]
+    grads_ref = torch.autograd.grad((expected * w).sum(), [x, *p64.values()])
+    grads = torch.autograd.grad((got.double() * w).sum(), [x32, *p32.values()])
+    for name, g, g_ref in zip(names, grads, grads_ref):
+        assert g.shape == g_ref.shape, name
+        assert_relative(g, g_ref, 1e-5, f"grad of {name}")
+
+
+def test_without_autograd_the_same_output():
+    d, p64 = scan_parameters(8, 16, seed=3)
+    x = torch.randn(2, d, 7, 5)
+    p32 = [v.detach().float() for v in p64.values()]
+    with_grad = ss2d_scan(x.requires_grad_(), *p32, backend="numba")
+    with torch.no_grad():
+        without = ss2d_scan(x, *p32, backend="numba")
+    torch.testing.assert_close(without, with_grad.detach(), rtol=0, atol=0)
+
+
+def test_positions_walk_rows_columns_and_both_reversed():
+    grid = torch.arange(12).view(3, 4)  # H = 3, W = 4: the value is the row-major position
+    rows, cols, rows_rev, cols_rev = positions(3, 4).tolist()
+    assert rows == grid.flatten().tolist()
+    assert cols == grid.t().flatten().tolist() == [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]
+    assert rows_rev == rows[::-1] and cols_rev == cols[::-1]
+
+
+def test_autograd_keeps_no_per_direction_copy():
+    """Saved for backward: x (b, d, L), its projection (b, L, 4, r + 2N), the chunk start states (b, 4, d, L/64, N),
+    as large as x for N = 16, and the parameters; never a (b, 4, d, L) tensor as the plain path's copies."""
+    d, p64 = scan_parameters(48, 16, seed=4)  # d = 96, r + 2N = 35
+    b, H, W = 1, 16, 16
+    L = H * W
+    x = torch.randn(b, d, H, W, requires_grad=True)
+    p32 = [v.detach().float().requires_grad_() for v in p64.values()]
+    saved = {}  # storage address -> elements: the matmul and the Function keep the same x
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        ss2d_scan(x, *p32, backend="numba").sum().backward()
+    sizes = sorted(saved.values())
+    assert sizes and sizes[-1] < b * 4 * d * L, sizes
+    assert sum(sizes) <= 2 * b * d * L + b * L * 4 * 35 + 2 * sum(p.numel() for p in p32), sizes  # params: A, exp(A)
+
+
+def test_model_calls_the_fused_kernels_on_auto_and_logits_equal_torch_backend(monkeypatch):
+    kernels = scan_numba.load_kernels()[0]
+    calls = []
+    original = kernels.ss2d_forward
+    monkeypatch.setattr(kernels, "ss2d_forward", lambda *a: calls.append(1) or original(*a))
+    torch.manual_seed(0)
+    model = create_model("vmunet-tiny", num_classes=2).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad(), use_backend("numba"):
+        fused = model(x)
+    assert len(calls) == 8  # one per SS2D layer (vmunet-tiny: 4 encoder + 4 decoder blocks)
+    with torch.no_grad(), use_backend("torch"):
+        plain = model(x)
+    assert_relative(fused, plain.double(), 1e-3, "logits")
+
+
+def test_graph_capture_runs_the_plain_path():
+    """A trace cannot record the numba call: the traced graph must compute, not replay the traced input's output."""
+    torch.manual_seed(0)
+    m = SS2D(8).eval()
+    x_traced, x_new = torch.randn(1, 5, 6, 8), torch.randn(1, 5, 6, 8)
+    with torch.no_grad(), use_backend("numba"):
+        traced = torch.jit.trace(m, x_traced, check_trace=False)
+        expected = m(x_new)
+    torch.testing.assert_close(traced(x_new), expected, rtol=1e-4, atol=1e-5)
