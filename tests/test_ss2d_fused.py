@@ -80,24 +80,26 @@ def test_positions_walk_rows_columns_and_both_reversed():
 
 
 def test_autograd_keeps_no_per_direction_copy():
-    """Saved for backward: x (b, d, L), its projection (b, L, 4, r + 2N), the chunk start states (b, 4, d, L/64, N),
-    as large as x for N = 16, and the parameters; never a (b, 4, d, L) tensor as the plain path's copies."""
+    """Saved for backward: x (b, d, L), its projections in step order (b, 4, L, r + 2N), the chunk start states
+    (b, 4, d, L/64, N), as large as x for N = 16, the parameters and the table of positions; never a (b, 4, d, L)
+    tensor as the plain path's copies."""
     d, p64 = scan_parameters(48, 16, seed=4)  # d = 96, r + 2N = 35
     b, H, W = 1, 16, 16
     L = H * W
     x = torch.randn(b, d, H, W, requires_grad=True)
     p32 = [v.detach().float().requires_grad_() for v in p64.values()]
-    saved = {}  # storage address -> elements: the matmul and the Function keep the same x
+    saved = {}  # storage address -> bytes: the matmul and the Function keep the same x
 
     def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.numel()
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         ss2d_scan(x, *p32, backend="numba").sum().backward()
     sizes = sorted(saved.values())
-    assert sizes and sizes[-1] < b * 4 * d * L, sizes
-    assert sum(sizes) <= 2 * b * d * L + b * L * 4 * 35 + 2 * sum(p.numel() for p in p32), sizes  # params: A, exp(A)
+    assert sizes and sizes[-1] < 4 * (b * 4 * d * L), sizes
+    floats = 2 * b * d * L + b * 4 * L * 35 + 2 * sum(p.numel() for p in p32)  # parameters: A and exp(A) too
+    assert sum(sizes) <= 4 * floats + 8 * 4 * L, (sizes, 4 * floats)
 
 
 def test_model_calls_the_fused_kernels_on_auto_and_logits_equal_torch_backend(monkeypatch):

@@ -251,13 +251,17 @@ def scan_backward(u, delta, bias, A, BC, skip, softplus, starts, gy, g_last, g_u
 # One call scans all four directions of an SS2D layer, walking the unpermuted input by index arithmetic:
 #
 #     x, y, gy: (b, D, L), positions in row-major (h, w) order     pos: (4, L) int64, direction k's step t is at
-#     proj: (b, L, 4, r + 2N), per position and direction: the     position pos[k, t] (rows, columns, both
-#           low-rank dt (r), then B (N), then C (N)                reversed)
+#     dtl: (b, 4, r, L), the low-rank dt of direction k, step t    position pos[k, t] (rows, columns, both
+#     BC: (b, 4, L, 2N), B then C of direction k at step t          reversed)
 #     Wdt: (4, D, r)   bias, skip: (4, D)   A2 = A * log2(e): (4, D, N)   starts: (b, 4, D, nc, N)
 #
-# dt = softplus(Wdt[k, d] . proj[p, k, :r] + bias[k, d]) is computed here, never stored as (b, 4, D, L). A task
-# owns one channel of one batch element and runs its four directions, so it alone writes y[i, d, :]; the
-# directions are added in the official merge order (row, reversed row, column, reversed column).
+# The projections are small (4 (r + 2N) floats a position, against D) and every channel reads them, so the caller
+# puts them in each direction's step order: read at a stride of W positions, a column direction missed the cache at
+# every step (the kernel took 2.4x as long), and the low-rank dt as (r, L) rows makes dt_proj a vector loop over
+# steps (1.7x as long as a loop over r per step). dt = softplus(Wdt[k, d] . dtl[k, :, t] + bias[k, d]) is computed
+# here, never stored as (b, 4, D, L). A task owns one channel of one batch element and runs its four directions,
+# so it alone writes y[i, d, :]; the directions are added in the official merge order (row, reversed row, column,
+# reversed column).
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -267,16 +271,17 @@ def _direction(o):
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _ss2d_steps(i, k, d, t0, t1, x, proj, Wdt, bias, pos, need_slope, dt_out, sig_out, u_out):
+def _ss2d_steps(i, k, d, t0, t1, x, dtl, Wdt, bias, pos, need_slope, dt_out, sig_out, u_out):
     """Steps t0..t1 of direction k, channel d: dt (and with need_slope sigmoid of its pre-activation) and u."""
     r = Wdt.shape[2]
-    for s in range(t1 - t0):  # gathers: scalar
-        p = pos[k, t0 + s]
-        acc = bias[k, d]
-        for j in range(r):
-            acc += Wdt[k, d, j] * proj[i, p, k, j]
-        dt_out[s] = acc
-        u_out[s] = x[i, d, p]
+    for s in range(t1 - t0):
+        dt_out[s] = bias[k, d]
+        u_out[s] = x[i, d, pos[k, t0 + s]]  # a gather: scalar
+    for j in range(r):  # the low-rank dt_proj, a contiguous loop over steps
+        w = Wdt[k, d, j]
+        low = dtl[i, k, j, t0:t1]
+        for s in range(t1 - t0):
+            dt_out[s] += w * low[s]
     if need_slope:  # independent steps: these loops vectorise
         for s in range(t1 - t0):
             pre = dt_out[s]
@@ -289,9 +294,8 @@ def _ss2d_steps(i, k, d, t0, t1, x, proj, Wdt, bias, pos, need_slope, dt_out, si
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _ss2d_forward_channel(i, d, N, x, proj, Wdt, bias, A2, skip, pos, y, starts):
+def _ss2d_forward_channel(i, d, N, x, dtl, BC, Wdt, bias, A2, skip, pos, y, starts):
     L = x.shape[2]
-    r = Wdt.shape[2]
     keep = starts.shape[0] > 0
     h = np.empty(N, F32)
     a2 = np.empty(N, F32)
@@ -309,17 +313,18 @@ def _ss2d_forward_channel(i, d, N, x, proj, Wdt, bias, A2, skip, pos, y, starts)
             if keep:
                 for n in range(N):
                     starts[i, k, d, c, n] = h[n]
-            _ss2d_steps(i, k, d, t0, t1, x, proj, Wdt, bias, pos, False, dt_buf, dt_buf, u_buf)
+            _ss2d_steps(i, k, d, t0, t1, x, dtl, Wdt, bias, pos, False, dt_buf, dt_buf, u_buf)
             for s in range(t1 - t0):
-                p = pos[k, t0 + s]
+                t = t0 + s
+                p = pos[k, t]
                 dt = dt_buf[s]
                 u_t = u_buf[s]
                 du = dt * u_t
                 acc = F32(0.0)
                 for n in range(N):
-                    state = _exp2(dt * a2[n]) * h[n] + du * proj[i, p, k, r + n]
+                    state = _exp2(dt * a2[n]) * h[n] + du * BC[i, k, t, n]
                     h[n] = state
-                    acc += state * proj[i, p, k, r + N + n]
+                    acc += state * BC[i, k, t, N + n]
                 if o == 0:
                     y[i, d, p] = acc + sk * u_t
                 else:
@@ -327,26 +332,26 @@ def _ss2d_forward_channel(i, d, N, x, proj, Wdt, bias, A2, skip, pos, y, starts)
 
 
 @_compiled
-def ss2d_forward(x, proj, Wdt, bias, A2, skip, pos, y, starts):
+def ss2d_forward(x, dtl, BC, Wdt, bias, A2, skip, pos, y, starts):
     """Writes y (b, D, L), the sum of the four directions' outputs (skip terms included), in row-major order; the
     chunk start states of every direction too when starts has b rows (an empty (0, 0, 0, 0, 0) array otherwise)."""
     b, D = x.shape[0], x.shape[1]
     N = A2.shape[2]
     if N == 16:
         for task in prange(b * D):
-            _ss2d_forward_channel(task // D, task % D, 16, x, proj, Wdt, bias, A2, skip, pos, y, starts)
+            _ss2d_forward_channel(task // D, task % D, 16, x, dtl, BC, Wdt, bias, A2, skip, pos, y, starts)
     else:
         for task in prange(b * D):
-            _ss2d_forward_channel(task // D, task % D, N, x, proj, Wdt, bias, A2, skip, pos, y, starts)
+            _ss2d_forward_channel(task // D, task % D, N, x, dtl, BC, Wdt, bias, A2, skip, pos, y, starts)
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _ss2d_backward_block(blk, i, N, x, proj, Wdt, bias, A, skip, pos, starts, gy,
-                         g_x, g_proj, g_Wdt, g_bias, g_A, g_skip):
+def _ss2d_backward_block(blk, i, N, x, dtl, BC, Wdt, bias, A, skip, pos, starts, gy,
+                         g_x, g_dtl, g_BC, g_Wdt, g_bias, g_A, g_skip):
     """The gradients of block blk of channels, batch element i, all four directions."""
     D, L = x.shape[1], x.shape[2]
     r = Wdt.shape[2]
-    P = g_proj.shape[0]
+    P = g_BC.shape[0]
     per_block = (D + P - 1) // P
     lam = np.empty(N, F32)
     h = np.empty(N, F32)
@@ -361,6 +366,7 @@ def _ss2d_backward_block(blk, i, N, x, proj, Wdt, bias, A, skip, pos, starts, gy
     sig_buf = np.empty(CHUNK, F32)
     u_buf = np.empty(CHUNK, F32)
     gy_buf = np.empty(CHUNK, F32)
+    pre_buf = np.empty(CHUNK, F32)  # dL/d(dt's pre-activation) of every step of the chunk
     for d in range(blk * per_block, min(D, (blk + 1) * per_block)):
         for t in range(L):
             g_x[i, d, t] = F32(0.0)
@@ -378,12 +384,12 @@ def _ss2d_backward_block(blk, i, N, x, proj, Wdt, bias, A, skip, pos, starts, gy
             for c in range((L + CHUNK - 1) // CHUNK - 1, -1, -1):
                 t0 = c * CHUNK
                 t1 = min(t0 + CHUNK, L)
-                _ss2d_steps(i, k, d, t0, t1, x, proj, Wdt, bias, pos, True, dt_buf, sig_buf, u_buf)
+                _ss2d_steps(i, k, d, t0, t1, x, dtl, Wdt, bias, pos, True, dt_buf, sig_buf, u_buf)
                 for n in range(N):
                     h[n] = starts[i, k, d, c, n]
                 for s in range(t1 - t0):  # recompute the chunk's states and decays from its start state
-                    p = pos[k, t0 + s]
-                    gy_buf[s] = gy[i, d, p]
+                    t = t0 + s
+                    gy_buf[s] = gy[i, d, pos[k, t]]
                     dt = dt_buf[s]
                     du = dt * u_buf[s]
                     for n in range(N):
@@ -391,16 +397,17 @@ def _ss2d_backward_block(blk, i, N, x, proj, Wdt, bias, A, skip, pos, starts, gy
                         decayed = a * h[n]
                         ah[s, n] = decayed
                         decays[s, n] = a
-                        h[n] = decayed + du * proj[i, p, k, r + n]
+                        h[n] = decayed + du * BC[i, k, t, n]
                 for s in range(t1 - t0 - 1, -1, -1):  # the sequential part: lam = dL/dh_t
-                    p = pos[k, t0 + s]
+                    t = t0 + s
                     gy_t = gy_buf[s]
                     for n in range(N):
-                        lam_n = lam[n] + gy_t * proj[i, p, k, r + N + n]
+                        lam_n = lam[n] + gy_t * BC[i, k, t, N + n]
                         lams[s, n] = lam_n
                         lam[n] = lam_n * decays[s, n]
                 for s in range(t1 - t0):  # the gradients of every step, independent of each other
-                    p = pos[k, t0 + s]
+                    t = t0 + s
+                    p = pos[k, t]
                     dt = dt_buf[s]
                     u_t = u_buf[s]
                     du = dt * u_t
@@ -409,20 +416,27 @@ def _ss2d_backward_block(blk, i, N, x, proj, Wdt, bias, A, skip, pos, starts, gy
                     sum_dt = F32(0.0)  # dL/d(dt_t) through the decays
                     for n in range(N):
                         decayed, lam_n = ah[s, n], lams[s, n]
-                        B_n = proj[i, p, k, r + n]
-                        g_proj[blk, i, p, k, r + N + n] += gy_t * (decayed + du * B_n)
-                        g_proj[blk, i, p, k, r + n] += lam_n * du
+                        B_n = BC[i, k, t, n]
+                        g_BC[blk, i, k, t, N + n] += gy_t * (decayed + du * B_n)
+                        g_BC[blk, i, k, t, n] += lam_n * du
                         sum_du += lam_n * B_n
                         q = lam_n * decayed  # dL/d(dt_t A)
                         acc_A[n] += q * dt
                         sum_dt += q * a_nat[n]
                     g_x[i, d, p] += sum_du * dt + gy_t * sk
                     acc_skip += gy_t * u_t
-                    g_pre = (sum_dt + sum_du * u_t) * sig_buf[s]  # dL/d(dt's pre-activation)
+                    g_pre = (sum_dt + sum_du * u_t) * sig_buf[s]
+                    pre_buf[s] = g_pre
                     acc_bias += g_pre
-                    for j in range(r):
-                        g_proj[blk, i, p, k, j] += g_pre * Wdt[k, d, j]
-                        acc_W[j] += g_pre * proj[i, p, k, j]
+                for j in range(r):  # the low-rank dt_proj's gradients: contiguous loops over steps
+                    w = Wdt[k, d, j]
+                    low = dtl[i, k, j, t0:t1]
+                    g_low = g_dtl[blk, i, k, j, t0:t1]
+                    acc = F32(0.0)
+                    for s in range(t1 - t0):
+                        g_low[s] += pre_buf[s] * w
+                        acc += pre_buf[s] * low[s]
+                    acc_W[j] += acc
             for n in range(N):
                 g_A[i, k, d, n] = acc_A[n]
             for j in range(r):
@@ -432,20 +446,20 @@ def _ss2d_backward_block(blk, i, N, x, proj, Wdt, bias, A, skip, pos, starts, gy
 
 
 @_compiled
-def ss2d_backward(x, proj, Wdt, bias, A, skip, pos, starts, gy, g_x, g_proj, g_Wdt, g_bias, g_A, g_skip):
+def ss2d_backward(x, dtl, BC, Wdt, bias, A, skip, pos, starts, gy, g_x, g_dtl, g_BC, g_Wdt, g_bias, g_A, g_skip):
     """Gradients of ss2d_forward from its inputs and chunk start states; A is the natural-log A (4, D, N).
 
     Written: g_x (b, D, L), the gradient through u only (the caller's projection adds its own); per batch element,
     summed over it by the caller: g_Wdt (b, 4, D, r), g_bias and g_skip (b, 4, D), g_A (b, 4, D, N); per block of
-    channels, summed over blocks by the caller: g_proj (P, b, L, 4, r + 2N), zero on entry. P * b tasks, and no
-    two write the same element."""
+    channels, summed over blocks by the caller: g_dtl (P, b, 4, r, L) and g_BC (P, b, 4, L, 2N), zero on entry.
+    P * b tasks, and no two write the same element."""
     b, N = x.shape[0], A.shape[2]
-    tasks = g_proj.shape[0] * b
+    tasks = g_BC.shape[0] * b
     if N == 16:
         for task in prange(tasks):
-            _ss2d_backward_block(task // b, task % b, 16, x, proj, Wdt, bias, A, skip, pos, starts, gy,
-                                 g_x, g_proj, g_Wdt, g_bias, g_A, g_skip)
+            _ss2d_backward_block(task // b, task % b, 16, x, dtl, BC, Wdt, bias, A, skip, pos, starts,
+                                 gy, g_x, g_dtl, g_BC, g_Wdt, g_bias, g_A, g_skip)
     else:
         for task in prange(tasks):
-            _ss2d_backward_block(task // b, task % b, N, x, proj, Wdt, bias, A, skip, pos, starts, gy,
-                                 g_x, g_proj, g_Wdt, g_bias, g_A, g_skip)
+            _ss2d_backward_block(task // b, task % b, N, x, dtl, BC, Wdt, bias, A, skip, pos, starts,
+                                 gy, g_x, g_dtl, g_BC, g_Wdt, g_bias, g_A, g_skip)
