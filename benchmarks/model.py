@@ -10,11 +10,12 @@
 - synapse: create_model("vmunet", num_classes=9, input_channels=1), 1x224x224 input, cross-entropy loss;
 - demo:    create_model("vmunet-tiny", num_classes=3, input_channels=1), 1x192x192, cross-entropy (`vmunet demo`'s
            model; run it with --batches 2, the demo's batch).
-Scans: "auto" (what the model uses by default: numba on a CPU where installed), "torch" (the pure-PyTorch
-backend: hand-written backward), "numba" (fused CPU kernels: SS2D's four directions in one call), "triton" (fused
-GPU kernels), "mamba_ssm" (its CUDA kernel, where installed) and "before" (the chunked scan with plain autograd of
-benchmarks/scan_torch_autograd.py, which keeps every hidden state for backward). Rows of one model, batch and mode
-show their speed-up over the "torch" row ("x torch").
+Scans: "auto" (what the model uses by default: numba on a CPU where installed), "torch" (the pure-PyTorch backend:
+hand-written backward), "numba" (fused CPU kernels: SS2D's four directions in one call), "numba-plain" (the numba
+scan kernel on SS2D's plain path: four direction copies, their projections, the merge; what "numba" ran before
+issue 28), "triton" (fused GPU kernels), "mamba_ssm" (its CUDA kernel, where installed) and "before" (the chunked
+scan with plain autograd of benchmarks/scan_torch_autograd.py, which keeps every hidden state for backward). Rows
+of one model, batch and mode show their speed-up over the "torch" row ("x torch").
 
 On --device cuda: every step ends with torch.cuda.synchronize(); peak MB is torch.cuda.max_memory_allocated over
 the step (model, optimizer state and activations included); the scan share is not measured (launches return
@@ -67,10 +68,14 @@ class ScanClock:
         if scan == "before":  # the plain path on the autograd scan
             ss2d_scan.selective_scan = lambda *args, backend=None, **kwargs: selective_scan_torch_autograd(
                 *args, **kwargs)
-        scan_any = ss2d_scan.ss2d_scan_plain if scan == "before" else ss2d.ss2d_scan
+        plain = scan in ("before", "numba-plain")
+        scan_any = ss2d_scan.ss2d_scan_plain if plain else ss2d.ss2d_scan
+        backend = {"before": "torch", "numba-plain": "numba"}.get(scan, scan)
 
         def forward(*args, backend=None, **kwargs):  # the model asks for "auto": run the scan being measured
-            return scan_any(*args, backend="torch" if scan == "before" else scan, **kwargs)
+            return scan_any(*args, backend=backend_used, **kwargs)
+
+        backend_used = backend
 
         ss2d.ss2d_scan = self.timed(forward)
         chunked.chunked_backward = self.timed(chunked.chunked_backward)
@@ -177,7 +182,7 @@ def main():
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--modes", nargs="+", default=["forward", "train"], choices=["forward", "train"])
     parser.add_argument("--scans", nargs="+", default=["torch", "auto"],
-                        choices=["auto", "torch", "numba", "triton", "mamba_ssm", "before"])
+                        choices=["auto", "torch", "numba", "numba-plain", "triton", "mamba_ssm", "before"])
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--amp", default="none", choices=["none", "bf16"], help="autocast dtype (default none)")
     parser.add_argument("--repeats", type=int, default=5)
