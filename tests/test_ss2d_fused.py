@@ -61,6 +61,32 @@ def test_outputs_and_every_gradient_match_float64_reference(batch, d_model, d_st
         assert_relative(g, g_ref, 1e-5, f"grad of {name}")
 
 
+def test_channels_last_input_as_the_model_passes_it():
+    """SS2D hands the scan its conv's channels-last output: the kernels read and write that layout directly."""
+    d, p64 = scan_parameters(8, 16, seed=5)
+    x = torch.randn(2, 7, 9, d, dtype=torch.float64).permute(0, 3, 1, 2).requires_grad_()  # (b, d, H, W) view
+    expected = ss2d_scan_plain(x, *p64.values(), backend="ref")
+    x32 = x.detach().float().contiguous(memory_format=torch.channels_last).requires_grad_()
+    got = ss2d_scan(x32, *[v.detach().float() for v in p64.values()], backend="numba")
+    assert got.transpose(1, 2).is_contiguous()  # (b, L, d) memory: SS2D's LayerNorm reads it without a copy
+    assert_relative(got, expected, 1e-5, "output")
+    w = torch.randn(expected.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (g_ref,) = torch.autograd.grad((expected * w).sum(), [x])
+    (g,) = torch.autograd.grad((got.double() * w).sum(), [x32])
+    assert_relative(g, g_ref, 1e-5, "grad of x")
+
+
+def test_training_after_a_first_call_in_inference_mode():
+    """The positions table is cached: one made under inference_mode must not break a later backward."""
+    d, p64 = scan_parameters(8, 16, seed=6)
+    p32 = [v.detach().float().requires_grad_() for v in p64.values()]
+    H, W = 11, 3  # a size no other test uses, so the first call here fills the cache
+    with torch.inference_mode():
+        ss2d_scan(torch.randn(1, d, H, W), *p32, backend="numba")
+    ss2d_scan(torch.randn(1, d, H, W), *p32, backend="numba").sum().backward()
+    assert all(p.grad is not None for p in p32)
+
+
 def test_without_autograd_the_same_output():
     d, p64 = scan_parameters(8, 16, seed=3)
     x = torch.randn(2, d, 7, 5)

@@ -62,7 +62,9 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, d_inner) each
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))  # (B, d_inner, H, W)
+        # The depthwise conv reads the channels-last view as it is and writes channels-last, which the fused scan
+        # reads and writes too: no transposed copy on either side (the plain path makes its own copies).
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W), channels-last memory
         y = self.scan(x).transpose(1, 2).reshape(B, H, W, -1)  # (B, H, W, d_inner), float32
         y = self.out_norm(y) * F.silu(z)
         return self.out_proj(y)

@@ -261,7 +261,8 @@ def scan_backward(u, delta, bias, A, BC, skip, softplus, starts, gy, g_last, g_u
 # steps (1.7x as long as a loop over r per step). dt = softplus(Wdt[k, d] . dtl[k, :, t] + bias[k, d]) is computed
 # here, never stored as (b, 4, D, L). A task owns one channel of one batch element and runs its four directions,
 # so it alone writes y[i, d, :]; the directions are added in the official merge order (row, reversed row, column,
-# reversed column).
+# reversed column). x, y, gy and g_x may have any strides: a task copies its channel's rows into buffers once
+# (so SS2D's channels-last tensors need no transposed copies around the kernel) and works in those.
 
 
 @njit(inline="always", fastmath=FASTMATH)
@@ -271,12 +272,12 @@ def _direction(o):
 
 
 @njit(inline="always", fastmath=FASTMATH)
-def _ss2d_steps(i, k, d, t0, t1, x, dtl, Wdt, bias, pos, need_slope, dt_out, sig_out, u_out):
+def _ss2d_steps(i, k, d, t0, t1, u_row, dtl, Wdt, bias, pos, need_slope, dt_out, sig_out, u_out):
     """Steps t0..t1 of direction k, channel d: dt (and with need_slope sigmoid of its pre-activation) and u."""
     r = Wdt.shape[2]
     for s in range(t1 - t0):
         dt_out[s] = bias[k, d]
-        u_out[s] = x[i, d, pos[k, t0 + s]]  # a gather: scalar
+        u_out[s] = u_row[pos[k, t0 + s]]  # a gather from the channel's row (in L1): scalar
     for j in range(r):  # the low-rank dt_proj, a contiguous loop over steps
         w = Wdt[k, d, j]
         low = dtl[i, k, j, t0:t1]
@@ -301,6 +302,10 @@ def _ss2d_forward_channel(i, d, N, x, dtl, BC, Wdt, bias, A2, skip, pos, y, star
     a2 = np.empty(N, F32)
     dt_buf = np.empty(CHUNK, F32)
     u_buf = np.empty(CHUNK, F32)
+    u_row = np.empty(L, F32)  # the channel's input and output rows in (h, w) order, whatever x's and y's layout
+    y_row = np.empty(L, F32)
+    for p in range(L):
+        u_row[p] = x[i, d, p]
     for o in range(4):
         k = _direction(o)
         for n in range(N):
@@ -313,7 +318,7 @@ def _ss2d_forward_channel(i, d, N, x, dtl, BC, Wdt, bias, A2, skip, pos, y, star
             if keep:
                 for n in range(N):
                     starts[i, k, d, c, n] = h[n]
-            _ss2d_steps(i, k, d, t0, t1, x, dtl, Wdt, bias, pos, False, dt_buf, dt_buf, u_buf)
+            _ss2d_steps(i, k, d, t0, t1, u_row, dtl, Wdt, bias, pos, False, dt_buf, dt_buf, u_buf)
             for s in range(t1 - t0):
                 t = t0 + s
                 p = pos[k, t]
@@ -326,9 +331,11 @@ def _ss2d_forward_channel(i, d, N, x, dtl, BC, Wdt, bias, A2, skip, pos, y, star
                     h[n] = state
                     acc += state * BC[i, k, t, N + n]
                 if o == 0:
-                    y[i, d, p] = acc + sk * u_t
+                    y_row[p] = acc + sk * u_t
                 else:
-                    y[i, d, p] += acc + sk * u_t
+                    y_row[p] += acc + sk * u_t
+    for p in range(L):
+        y[i, d, p] = y_row[p]
 
 
 @_compiled
@@ -367,9 +374,14 @@ def _ss2d_backward_block(blk, i, N, x, dtl, BC, Wdt, bias, A, skip, pos, starts,
     u_buf = np.empty(CHUNK, F32)
     gy_buf = np.empty(CHUNK, F32)
     pre_buf = np.empty(CHUNK, F32)  # dL/d(dt's pre-activation) of every step of the chunk
+    u_row = np.empty(L, F32)  # the channel's rows in (h, w) order, whatever the arrays' layout
+    gy_row = np.empty(L, F32)
+    gx_row = np.empty(L, F32)
     for d in range(blk * per_block, min(D, (blk + 1) * per_block)):
-        for t in range(L):
-            g_x[i, d, t] = F32(0.0)
+        for p in range(L):
+            u_row[p] = x[i, d, p]
+            gy_row[p] = gy[i, d, p]
+            gx_row[p] = F32(0.0)
         for k in range(4):
             for n in range(N):
                 a_nat[n] = A[k, d, n]
@@ -384,12 +396,12 @@ def _ss2d_backward_block(blk, i, N, x, dtl, BC, Wdt, bias, A, skip, pos, starts,
             for c in range((L + CHUNK - 1) // CHUNK - 1, -1, -1):
                 t0 = c * CHUNK
                 t1 = min(t0 + CHUNK, L)
-                _ss2d_steps(i, k, d, t0, t1, x, dtl, Wdt, bias, pos, True, dt_buf, sig_buf, u_buf)
+                _ss2d_steps(i, k, d, t0, t1, u_row, dtl, Wdt, bias, pos, True, dt_buf, sig_buf, u_buf)
                 for n in range(N):
                     h[n] = starts[i, k, d, c, n]
                 for s in range(t1 - t0):  # recompute the chunk's states and decays from its start state
                     t = t0 + s
-                    gy_buf[s] = gy[i, d, pos[k, t]]
+                    gy_buf[s] = gy_row[pos[k, t]]
                     dt = dt_buf[s]
                     du = dt * u_buf[s]
                     for n in range(N):
@@ -423,7 +435,7 @@ def _ss2d_backward_block(blk, i, N, x, dtl, BC, Wdt, bias, A, skip, pos, starts,
                         q = lam_n * decayed  # dL/d(dt_t A)
                         acc_A[n] += q * dt
                         sum_dt += q * a_nat[n]
-                    g_x[i, d, p] += sum_du * dt + gy_t * sk
+                    gx_row[p] += sum_du * dt + gy_t * sk
                     acc_skip += gy_t * u_t
                     g_pre = (sum_dt + sum_du * u_t) * sig_buf[s]
                     pre_buf[s] = g_pre
@@ -443,6 +455,8 @@ def _ss2d_backward_block(blk, i, N, x, dtl, BC, Wdt, bias, A, skip, pos, starts,
                 g_Wdt[i, k, d, j] = acc_W[j]
             g_skip[i, k, d] = acc_skip
             g_bias[i, k, d] = acc_bias
+        for p in range(L):
+            g_x[i, d, p] = gx_row[p]
 
 
 @_compiled

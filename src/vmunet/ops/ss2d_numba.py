@@ -24,9 +24,12 @@ DIRECTIONS = 4
 @functools.lru_cache(maxsize=64)
 def positions(H: int, W: int) -> torch.Tensor:
     """(4, L) int64: the row-major position of step t of each direction (rows, columns, both reversed)."""
-    rows = torch.arange(H * W)
-    cols = rows.view(H, W).t().reshape(-1)  # step t = w * H + h visits h * W + w
-    return torch.stack([rows, cols, rows.flip(0), cols.flip(0)]).contiguous()
+    # Cached for the process, so never an inference tensor: a first call under inference_mode (vmunet info, an
+    # evaluation) would otherwise break every later training step that indexes with it.
+    with torch.inference_mode(False):
+        rows = torch.arange(H * W)
+        cols = rows.view(H, W).t().reshape(-1)  # step t = w * H + h visits h * W + w
+        return torch.stack([rows, cols, rows.flip(0), cols.flip(0)]).contiguous()
 
 
 def in_step_order(proj: torch.Tensor, H: int, W: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,6 +40,12 @@ def in_step_order(proj: torch.Tensor, H: int, W: int, rank: int) -> tuple[torch.
     # indexing, not gather: gather's backward keeps its whole input, indexing's only the indices
     steps = proj[:, positions(H, W), torch.arange(K)[:, None]]  # (b, 4, L, r + 2N)
     return steps[..., :rank].transpose(2, 3).contiguous(), steps[..., rank:].contiguous()
+
+
+def _f32_any(t: torch.Tensor) -> torch.Tensor:
+    """float32 and cut from autograd, in any layout: the kernels copy each channel's row once, so a channels-last
+    (b, d, L) view needs no transposed copy."""
+    return t.detach().to(torch.float32)
 
 
 def _grain(D: int, batch: int) -> int:
@@ -61,12 +70,12 @@ class FusedSS2DScan(torch.autograd.Function):
         x, dtl, BC, Wdt, bias, A, skip, starts = ctx.saved_tensors
         b, D, L = x.shape
         P = _grain(D, b)
-        g_x = torch.empty_like(x)
+        g_x = torch.empty_like(x)  # x's strides
         g_dtl, g_BC = torch.zeros((P, *dtl.shape)), torch.zeros((P, *BC.shape))
         g_Wdt = torch.empty(b, *Wdt.shape)
         g_bias, g_skip = torch.empty(b, *bias.shape), torch.empty(b, *skip.shape)
         g_A = torch.empty(b, *A.shape)
-        _run(_kernels().ss2d_backward, x, dtl, BC, Wdt, bias, A, skip, positions(*ctx.hw), starts, _f32(gy),
+        _run(_kernels().ss2d_backward, x, dtl, BC, Wdt, bias, A, skip, positions(*ctx.hw), starts, _f32_any(gy),
              g_x, g_dtl, g_BC, g_Wdt, g_bias, g_A, g_skip)
         g_dtl, g_BC = (g.sum(0) if P > 1 else g[0] for g in (g_dtl, g_BC))
         return g_x, g_dtl, g_BC, g_Wdt.sum(0), g_bias.sum(0), g_A.sum(0), g_skip.sum(0), None, None
@@ -76,10 +85,11 @@ def fused_forward(x, dtl, BC, Wdt, bias, A, skip, H, W, keep_starts: bool):
     """Run the forward kernel: y (b, D, L), the chunk start states (b, 4, D, nc, N) or None, and the float32
     arrays it read (x, dtl, BC, Wdt, bias, A, skip), which the backward reuses."""
     kernels = _kernels()
-    x, dtl, BC, Wdt, bias, A, skip = (_f32(t) for t in (x, dtl, BC, Wdt, bias, A, skip))
+    x = _f32_any(x)
+    dtl, BC, Wdt, bias, A, skip = (_f32(t) for t in (dtl, BC, Wdt, bias, A, skip))
     b, D, L = x.shape
     N = A.shape[2]
-    y = torch.empty(b, D, L)
+    y = torch.empty_like(x)  # x's strides: channels-last in, channels-last out
     nc = -(-L // kernels.CHUNK)
     starts = torch.empty(b, DIRECTIONS, D, nc, N) if keep_starts else torch.empty(0, 0, 0, 0, 0)
     _run(kernels.ss2d_forward, x, dtl, BC, Wdt, bias, A * float(kernels.LOG2E), skip, positions(H, W), y, starts)
