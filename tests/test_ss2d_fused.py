@@ -1,13 +1,14 @@
-"""SS2D's fused four-direction scan on the "numba" backend (ops/ss2d_numba.py) against the float64 reference:
-the plain path (four permuted copies, their projections, the sequential reference scan, the merge), outputs and
-the gradients of the input and of every SS2D scan parameter; the model's logits against the "torch" backend."""
+"""SS2D's fused four-direction scan on the "numba" backend (ops/ss2d_numba.py), and on the "triton" backend
+under Triton's interpreter (ops/ss2d_triton.py), against the float64 reference: the plain path (four permuted
+copies, their projections, the sequential reference scan, the merge), outputs and the gradients of the input and
+of every SS2D scan parameter; the model's logits against the "torch" backend."""
 
 import pytest
 import torch
 
 from vmunet import create_model
 from vmunet.models.ss2d import SS2D
-from vmunet.ops import scan_numba, use_backend
+from vmunet.ops import scan_numba, scan_triton, use_backend
 from vmunet.ops.ss2d_numba import positions
 from vmunet.ops.ss2d_scan import ss2d_scan, ss2d_scan_plain
 
@@ -35,20 +36,14 @@ def assert_relative(got, expected, tol, what):
     assert err <= tol * max(scale, 1e-30), f"{what}: max error {err:.2e} vs max |value| {scale:.2e}"
 
 
-@pytest.mark.parametrize("batch,d_model,d_state,H,W", [
-    (2, 8, 16, 9, 13),   # odd H and W, H != W, batch > 1, L = 117: a chunk and a remainder
-    (3, 40, 4, 5, 3),    # dt rank 3, N = 4, L shorter than a chunk
-    (1, 8, 16, 16, 9),   # L = 144: three chunks, columns of odd length
-    (2, 8, 16, 1, 1),    # L = 1
-])
-def test_outputs_and_every_gradient_match_float64_reference(batch, d_model, d_state, H, W):
+def check_against_reference(batch, d_model, d_state, H, W, backend):
     d, p64 = scan_parameters(d_model, d_state, seed=H * W)
     x = torch.randn(batch, d, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
     expected = ss2d_scan_plain(x, *p64.values(), backend="ref")  # (b, d, L)
 
     x32 = x.detach().float().requires_grad_()
     p32 = {k: v.detach().float().requires_grad_() for k, v in p64.items()}
-    got = ss2d_scan(x32, *p32.values(), backend="numba")
+    got = ss2d_scan(x32, *p32.values(), backend=backend)
     assert got.dtype == torch.float32 and got.shape == (batch, d, H * W)
     assert_relative(got, expected, 1e-5, "output")
 
@@ -59,6 +54,26 @@ def test_outputs_and_every_gradient_match_float64_reference(batch, d_model, d_st
     for name, g, g_ref in zip(names, grads, grads_ref):
         assert g.shape == g_ref.shape, name
         assert_relative(g, g_ref, 1e-5, f"grad of {name}")
+
+
+@pytest.mark.parametrize("batch,d_model,d_state,H,W", [
+    (2, 8, 16, 9, 13),   # odd H and W, H != W, batch > 1, L = 117: a chunk and a remainder
+    (3, 40, 4, 5, 3),    # dt rank 3, N = 4, L shorter than a chunk
+    (1, 8, 16, 16, 9),   # L = 144: three chunks, columns of odd length
+    (2, 8, 16, 1, 1),    # L = 1
+])
+def test_outputs_and_every_gradient_match_float64_reference(batch, d_model, d_state, H, W):
+    check_against_reference(batch, d_model, d_state, H, W, "numba")
+
+
+@pytest.mark.skipif(not scan_triton.is_available(), reason="triton is not installed (pip install triton; Linux only)")
+@pytest.mark.parametrize("batch,d_model,d_state,H,W", [
+    (2, 8, 16, 11, 7),   # odd H and W, H != W, batch > 1, L = 77: a chunk and a remainder
+    (2, 40, 4, 5, 3),    # dt rank 3 (padded to 4), N = 4, 80 channels in blocks of 16
+])
+def test_triton_under_the_interpreter_matches_float64_reference(monkeypatch, batch, d_model, d_state, H, W):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    check_against_reference(batch, d_model, d_state, H, W, "triton")
 
 
 def test_channels_last_input_as_the_model_passes_it():
@@ -153,3 +168,33 @@ def test_graph_capture_runs_the_plain_path():
         traced = torch.jit.trace(m, x_traced, check_trace=False)
         expected = m(x_new)
     torch.testing.assert_close(traced(x_new), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not scan_triton.is_available(), reason="triton is not installed (pip install triton; Linux only)")
+def test_triton_kernels_compile_for_nvidia_gpus_without_one(monkeypatch):
+    """The compiled path (not the interpreter) of the fused SS2D kernels down to a cubin for H100/H200 (sm_90), at
+    the paper model's stage-1 sizes (BLOCK_D 32, N 16, dt rank 6 padded to 8): what only the compiler rejects."""
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.compiler import compile as triton_compile
+
+    if type(tl.standard.sum).__name__ != "JITFunction":
+        pytest.skip("triton was imported under TRITON_INTERPRET=1: nothing compiles in this process")
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")
+    kernels = scan_triton.load_kernels(False)
+    sizes = {name: "i32" for name in ("D", "L", "N", "R")}
+    forward = ["x_ptr", "dtl_ptr", "BC_ptr", "Wdt_ptr", "bias_ptr", "A_ptr", "skip_ptr", "pos_ptr", "y_ptr",
+               "starts_ptr"]
+    backward = ["x_ptr", "dtl_ptr", "BC_ptr", "Wdt_ptr", "bias_ptr", "A_ptr", "skip_ptr", "pos_ptr", "starts_ptr",
+                "gy_ptr", "gx_ptr", "gdtl_ptr", "gBC_ptr", "gWdt_ptr", "gbias_ptr", "gA_ptr", "gskip_ptr",
+                "scratch_ptr"]
+    tiles = dict(BLOCK_D=32, N_P2=16, R_P2=8, CHUNK=64)
+    for fn, pointers, constants in ((kernels.ss2d_forward_kernel, forward, {**tiles, "KEEP_STARTS": True}),
+                                    (kernels.ss2d_backward_kernel, backward, tiles)):
+        signature = {name: "*i64" if name == "pos_ptr" else "*fp32" for name in pointers}
+        signature.update(sizes)
+        signature.update({name: "constexpr" for name in constants})
+        compiled = triton_compile(ASTSource(fn=fn, signature=signature, constexprs=constants),
+                                  target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], fn

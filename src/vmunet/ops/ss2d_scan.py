@@ -1,8 +1,9 @@
 """SS2D's scan: the four directional selective scans of a (b, d, H, W) input, merged to (b, d, H*W).
 
-Two paths with one result: on the "numba" backend the fused kernels (ss2d_numba.py) walk the four directions
-of the unpermuted input; every other backend (and graph capture for export or torch.compile) runs the plain
-path: four permuted copies (cross_scan), their projections, one selective_scan over 4d channels, cross_merge.
+Two paths with one result: on the "numba" and "triton" backends the fused kernels (ss2d_numba.py, ss2d_triton.py)
+walk the four directions of the unpermuted input; every other backend (and graph capture for export or
+torch.compile) runs the plain path: four permuted copies (cross_scan), their projections, one selective_scan over
+4d channels, cross_merge.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def ss2d_scan(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, back
         from vmunet.ops.ss2d_numba import ss2d_scan_numba
 
         return ss2d_scan_numba(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    if name == "triton" and x.dtype != torch.float64 and not graph_capture_active():
+        from vmunet.ops.ss2d_triton import ss2d_scan_triton
+
+        return ss2d_scan_triton(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
     return ss2d_scan_plain(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds, name)
 
 
