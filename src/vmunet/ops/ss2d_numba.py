@@ -17,8 +17,7 @@ import functools
 import torch
 
 from vmunet.ops.scan_numba import _f32, _kernels, _run
-
-DIRECTIONS = 4
+from vmunet.ops.ss2d_scan import DIRECTIONS
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from vmunet.ops.scan_triton import CHUNK, _next_power_of_2, channel_block, interpreting, load_kernels
-from vmunet.ops.ss2d_numba import DIRECTIONS, in_step_order, positions
+from vmunet.ops.ss2d_numba import in_step_order, positions
+from vmunet.ops.ss2d_scan import DIRECTIONS
 
 
 def _config(D: int, N: int, R: int) -> dict:
