@@ -69,7 +69,7 @@ def test_outputs_and_every_gradient_match_float64_reference(batch, d_model, d_st
 @pytest.mark.skipif(not scan_triton.is_available(), reason="triton is not installed (pip install triton; Linux only)")
 @pytest.mark.parametrize("batch,d_model,d_state,H,W", [
     (2, 8, 16, 11, 7),   # odd H and W, H != W, batch > 1, L = 77: a chunk and a remainder
-    (2, 40, 4, 5, 3),    # dt rank 3 (padded to 4), N = 4, 80 channels in blocks of 16
+    (1, 40, 4, 5, 3),    # dt rank 3 (padded to 4), N = 4, 80 channels in blocks of 16
 ])
 def test_triton_under_the_interpreter_matches_float64_reference(monkeypatch, batch, d_model, d_state, H, W):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
