@@ -266,8 +266,9 @@ def test_cli_scan_backend_option_reaches_the_model(monkeypatch, capsys):
     from vmunet import cli
 
     used = []
-    original = ops.BACKENDS["numba"]
-    monkeypatch.setitem(ops.BACKENDS, "numba", lambda *a, **k: used.append("numba") or original(*a, **k))
+    kernels = scan_numba.load_kernels()[0]  # SS2D's fused kernel: the model's numba path
+    original = kernels.ss2d_forward
+    monkeypatch.setattr(kernels, "ss2d_forward", lambda *a: used.append("numba") or original(*a))
     args = ["forward", "--model", "vmunet-tiny", "--image-size", "64", "--num-classes", "2"]
     assert cli.main([*args, "--scan-backend", "numba"]) == 0
     assert used and set(used) == {"numba"}

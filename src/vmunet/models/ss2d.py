@@ -8,10 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vmunet.ops import check_backend_name, selective_scan
-from vmunet.ops.cross_scan import cross_merge, cross_scan
-
-DIRECTIONS = 4
+from vmunet.ops import check_backend_name
+from vmunet.ops.ss2d_scan import DIRECTIONS, ss2d_scan
 
 
 class SS2D(nn.Module):
@@ -58,31 +56,15 @@ class SS2D(nn.Module):
 
     def scan(self, x: torch.Tensor) -> torch.Tensor:
         """(B, d_inner, H, W) -> (B, d_inner, H*W): the four directional selective scans, merged."""
-        B, d, H, W = x.shape
-        L = H * W
-        xs = cross_scan(x)  # (B, K, d, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)  # (B, K, r + 2N, L)
-        dts, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)  # (B, K, d, L)
-        # The scan runs in float32 whatever the autocast dtype, as the official code (float64 stays float64).
-        f = torch.promote_types(x.dtype, torch.float32)
-        ys = selective_scan(
-            xs.to(f).reshape(B, -1, L),  # (B, K*d, L)
-            dts.to(f).reshape(B, -1, L),  # (B, K*d, L)
-            -torch.exp(self.A_logs.to(f)),  # (K*d, N)
-            Bs.to(f),  # (B, K, N, L)
-            Cs.to(f),  # (B, K, N, L)
-            D=self.Ds.to(f),
-            delta_bias=self.dt_projs_bias.to(f).view(-1),
-            delta_softplus=True,
-            backend=self.scan_backend,
-        ).view(B, DIRECTIONS, d, L)
-        return cross_merge(ys, H, W)  # (B, d, L)
+        return ss2d_scan(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds,
+                         backend=self.scan_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, _ = x.shape
         x, z = self.in_proj(x).chunk(2, dim=-1)  # (B, H, W, d_inner) each
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))  # (B, d_inner, H, W)
+        # The depthwise conv reads the channels-last view as it is and writes channels-last, which the fused scan
+        # reads and writes too: no transposed copy on either side (the plain path makes its own copies).
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W), channels-last memory
         y = self.scan(x).transpose(1, 2).reshape(B, H, W, -1)  # (B, H, W, d_inner), float32
         y = self.out_norm(y) * F.silu(z)
         return self.out_proj(y)

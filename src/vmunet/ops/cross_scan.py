@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+DIRECTIONS = 4  # rows, columns, and both reversed: the order of cross_scan's copies and cross_merge's sum
+
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, 4, C, H*W): row-major, column-major, and both reversed."""

@@ -44,7 +44,7 @@ def is_available() -> bool:
     return load_kernels()[0] is not None
 
 
-def _kernels():
+def compiled_kernels():
     kernels, reason = load_kernels()
     if kernels is None:
         raise ImportError(f"the 'numba' scan backend needs numba: {INSTALL_HINT} (import failed with {reason})")
@@ -63,7 +63,7 @@ def _start_numba_threads() -> None:
     torch.set_num_threads(threads)
 
 
-def _run(kernel, *arrays):
+def run_kernel(kernel, *arrays):
     """Call a parallel kernel on torch's thread count; tensors go in as zero-copy numpy views."""
     import numba
 
@@ -73,7 +73,7 @@ def _run(kernel, *arrays):
         kernel(*(a.numpy() if isinstance(a, torch.Tensor) else a for a in arrays))
 
 
-def _f32(t: torch.Tensor) -> torch.Tensor:
+def as_float32(t: torch.Tensor) -> torch.Tensor:
     """A contiguous float32 copy or view, cut from autograd (the Function does the gradients)."""
     return t.detach().to(torch.float32).contiguous()
 
@@ -101,18 +101,18 @@ class NumbaScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, g_last):
         u, delta, A, BC, skip, bias, starts = ctx.saved_tensors
-        kernels = _kernels()
+        kernels = compiled_kernels()
         b, D, L = u.shape
         G, N = BC.shape[1], A.shape[1]
-        gy = torch.zeros_like(u) if gy is None else _f32(gy)
-        g_last = torch.zeros(b, D, N) if g_last is None else _f32(g_last)
+        gy = torch.zeros_like(u) if gy is None else as_float32(gy)
+        g_last = torch.zeros(b, D, N) if g_last is None else as_float32(g_last)
         # P blocks of channels per group: enough tasks for every thread; B's and C's gradients get one partial
         # sum per block (summed below), so no two tasks write the same element.
         P = max(1, min(D // G, -(-torch.get_num_threads() // (b * G))))
         g_u, g_delta = torch.empty_like(u), torch.empty_like(u)
         g_A, g_skip, g_bias = torch.empty(b, D, N), torch.empty(b, D), torch.empty(b, D)
         g_BC = torch.zeros(P, b, G, L, 2, N)
-        _run(kernels.scan_backward, u, delta, bias, A, BC, skip, ctx.softplus, starts, gy, g_last,
+        run_kernel(kernels.scan_backward, u, delta, bias, A, BC, skip, ctx.softplus, starts, gy, g_last,
              g_u, g_delta, g_A, g_skip, g_bias, g_BC)
         g_BC = g_BC.sum(0) if P > 1 else g_BC[0]  # (b, G, L, 2, N)
         g_B, g_C = g_BC.permute(0, 1, 3, 4, 2).unbind(2)  # (b, G, N, L) views
@@ -124,17 +124,18 @@ class NumbaScan(torch.autograd.Function):
 def scan_forward(u, delta, A, B, C, skip, bias, softplus, keep_starts: bool):
     """Run the forward kernel. Returns y (b, D, L), last (b, D, N), the chunk start states (b, D, nc, N) or None,
     and the float32 arrays the kernel read (u, delta, A, BC, skip, bias), which the backward reuses."""
-    kernels = _kernels()
+    kernels = compiled_kernels()
     b, D, L = u.shape
     N = A.shape[1]
-    u, delta, A = _f32(u), _f32(delta), _f32(A)
+    u, delta, A = as_float32(u), as_float32(delta), as_float32(A)
     BC = _steps_major(B, C)  # (b, G, L, 2, N)
-    skip = torch.zeros(D) if skip is None else _f32(skip)
-    bias = torch.zeros(D) if bias is None else _f32(bias)
+    skip = torch.zeros(D) if skip is None else as_float32(skip)
+    bias = torch.zeros(D) if bias is None else as_float32(bias)
     y, last = torch.empty(b, D, L), torch.empty(b, D, N)
     nc = -(-L // kernels.CHUNK)
     starts = torch.empty(b, D, nc, N) if keep_starts else torch.empty(0, 0, 0, 0)
-    _run(kernels.scan_forward, u, delta, bias, A * float(kernels.LOG2E), BC, skip, bool(softplus), y, last, starts)
+    run_kernel(kernels.scan_forward, u, delta, bias, A * float(kernels.LOG2E), BC, skip, bool(softplus), y, last,
+               starts)
     return y, last, starts if keep_starts else None, (u, delta, A, BC, skip, bias)
 
 

@@ -93,11 +93,11 @@ def channel_block(channels_per_group: int, cap: int = MAX_BLOCK_D) -> int:
 
 def _launch_config(D: int, G: int, N: int) -> dict:
     block = channel_block(D // G)
-    n_p2 = _next_power_of_2(N)
+    n_p2 = next_power_of_2(N)
     return dict(BLOCK_D=block, N_P2=n_p2, num_warps=max(1, min(8, block * n_p2 // 128)))
 
 
-def _next_power_of_2(n: int) -> int:
+def next_power_of_2(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 

@@ -189,3 +189,151 @@ def scan_backward_kernel(
     tl.store(gA_ptr + state, acc_A, mask=n_ok[None, :])
     tl.store(gskip_ptr + i * D + d, acc_skip)
     tl.store(gbias_ptr + i * D + d, acc_bias)
+
+
+# ---- SS2D's four directions fused (issue 28), the design of numba_kernels.ss2d_forward/ss2d_backward ----------
+# One program per (batch element, block of BLOCK_D channels) runs the four directions of its channels, walking x
+# (b, D, L) by the positions table pos (4, L); dtl (b, 4, R, L) and BC (b, 4, L, 2N) are in each direction's step
+# order; Wdt (4, D, R), bias and skip (4, D), A (4, D, N). y (b, D, L) is zero on entry and each direction adds
+# its output in the official merge order (row, reversed row, column, reversed column); a program alone writes its
+# channels' rows.
+
+
+@triton.jit
+def ss2d_forward_kernel(
+    x_ptr, dtl_ptr, BC_ptr, Wdt_ptr, bias_ptr, A_ptr, skip_ptr, pos_ptr, y_ptr, starts_ptr,
+    D, L, N, R,
+    BLOCK_D: tl.constexpr, N_P2: tl.constexpr, R_P2: tl.constexpr, CHUNK: tl.constexpr, KEEP_STARTS: tl.constexpr,
+):
+    i = tl.program_id(0).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, N_P2)
+    n_ok = n < N
+    rr = tl.arange(0, R_P2)
+    r_ok = rr < R
+    nc = (L + CHUNK - 1) // CHUNK
+    row = (i * D + d) * L  # (BLOCK_D,) offsets of the channels' rows in x and y
+    for o in range(0, 4):
+        k = 2 * (o % 2) + o // 2  # the merge order 0, 2, 1, 3
+        A2 = tl.load(A_ptr + (k * D + d)[:, None] * N + n[None, :], mask=n_ok[None, :], other=0.0) * LOG2E
+        skip = tl.load(skip_ptr + k * D + d)
+        bias = tl.load(bias_ptr + k * D + d)
+        Wdt = tl.load(Wdt_ptr + (k * D + d)[:, None] * R + rr[None, :], mask=r_ok[None, :], other=0.0)
+        low_row = ((i * 4 + k) * R + rr) * L  # (R_P2,) offsets in dtl
+        bc_row = (i * 4 + k) * L * 2 * N
+        h = tl.full((BLOCK_D, N_P2), 0.0, tl.float32)
+        for c in range(0, nc):
+            if KEEP_STARTS:
+                tl.store(starts_ptr + (((i * 4 + k) * D + d)[:, None] * nc + c) * N + n[None, :], h,
+                         mask=n_ok[None, :])
+            t0 = c * CHUNK
+            for t in range(t0, tl.minimum(t0 + CHUNK, L)):
+                p = tl.load(pos_ptr + k * L + t)
+                low = tl.load(dtl_ptr + low_row + t, mask=r_ok, other=0.0)
+                x = tl.reduce(Wdt * low[None, :], 1, _SUM) + bias
+                e = tl.exp(-tl.abs(x))
+                w = 1.0 + e
+                dt = tl.maximum(x, 0.0) + tl.log(w) - ((w - 1.0) - e) / w
+                u_t = tl.load(x_ptr + row + p)
+                B_t = tl.load(BC_ptr + bc_row + t * 2 * N + n, mask=n_ok, other=0.0)
+                C_t = tl.load(BC_ptr + bc_row + t * 2 * N + N + n, mask=n_ok, other=0.0)
+                h = tl.exp2(dt[:, None] * A2) * h + (dt * u_t)[:, None] * B_t[None, :]
+                y = tl.reduce(h * C_t[None, :], 1, _SUM) + skip * u_t
+                tl.store(y_ptr + row + p, tl.load(y_ptr + row + p) + y)
+        tl.debug_barrier()
+
+
+@triton.jit
+def ss2d_backward_kernel(
+    x_ptr, dtl_ptr, BC_ptr, Wdt_ptr, bias_ptr, A_ptr, skip_ptr, pos_ptr, starts_ptr, gy_ptr,
+    gx_ptr, gdtl_ptr, gBC_ptr, gWdt_ptr, gbias_ptr, gA_ptr, gskip_ptr, scratch_ptr,
+    D, L, N, R,
+    BLOCK_D: tl.constexpr, N_P2: tl.constexpr, R_P2: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """gx (b, D, L) zero on entry; per block j of channels, summed by the caller: gdtl (P, b, 4, R, L) and
+    gBC (P, b, 4, L, 2N); per batch element: gWdt (b, 4, D, R), gbias and gskip (b, 4, D), gA (b, 4, D, N).
+    scratch: (b, P, CHUNK, BLOCK_D, N_P2)."""
+    i = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    b = tl.num_programs(0)
+    d = j * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, N_P2)
+    n_ok = n < N
+    rr = tl.arange(0, R_P2)
+    r_ok = rr < R
+    nc = (L + CHUNK - 1) // CHUNK
+    row = (i * D + d) * L
+    tile = tl.arange(0, BLOCK_D)[:, None] * N_P2 + n[None, :]
+    scratch = scratch_ptr + (i * tl.num_programs(1) + j) * (CHUNK * BLOCK_D * N_P2)
+    for k in range(0, 4):
+        A = tl.load(A_ptr + (k * D + d)[:, None] * N + n[None, :], mask=n_ok[None, :], other=0.0)
+        A2 = A * LOG2E
+        skip = tl.load(skip_ptr + k * D + d)
+        bias = tl.load(bias_ptr + k * D + d)
+        Wdt = tl.load(Wdt_ptr + (k * D + d)[:, None] * R + rr[None, :], mask=r_ok[None, :], other=0.0)
+        low_row = ((i * 4 + k) * R + rr) * L
+        bc_row = (i * 4 + k) * L * 2 * N
+        part_low = (((j * b + i) * 4 + k) * R + rr) * L  # (R_P2,) offsets in gdtl
+        part_bc = ((j * b + i) * 4 + k) * L * 2 * N
+        lam = tl.full((BLOCK_D, N_P2), 0.0, tl.float32)
+        acc_A = tl.full((BLOCK_D, N_P2), 0.0, tl.float32)
+        acc_W = tl.full((BLOCK_D, R_P2), 0.0, tl.float32)
+        acc_skip = tl.full((BLOCK_D,), 0.0, tl.float32)
+        acc_bias = tl.full((BLOCK_D,), 0.0, tl.float32)
+        for cc in range(0, nc):
+            c = nc - 1 - cc
+            t0 = c * CHUNK
+            steps = tl.minimum(CHUNK, L - t0)
+            h = tl.load(starts_ptr + (((i * 4 + k) * D + d)[:, None] * nc + c) * N + n[None, :], mask=n_ok[None, :],
+                        other=0.0)
+            for s in range(0, steps):  # the chunk's states h_{t-1}, recomputed from its start state
+                t = t0 + s
+                tl.store(scratch + s * (BLOCK_D * N_P2) + tile, h)
+                p = tl.load(pos_ptr + k * L + t)
+                low = tl.load(dtl_ptr + low_row + t, mask=r_ok, other=0.0)
+                x = tl.reduce(Wdt * low[None, :], 1, _SUM) + bias
+                e = tl.exp(-tl.abs(x))
+                w = 1.0 + e
+                dt = tl.maximum(x, 0.0) + tl.log(w) - ((w - 1.0) - e) / w
+                u_t = tl.load(x_ptr + row + p)
+                B_t = tl.load(BC_ptr + bc_row + t * 2 * N + n, mask=n_ok, other=0.0)
+                h = tl.exp2(dt[:, None] * A2) * h + (dt * u_t)[:, None] * B_t[None, :]
+            tl.debug_barrier()
+            for ss in range(0, steps):  # reverse sweep, lam = dLoss/dh_t
+                s = steps - 1 - ss
+                t = t0 + s
+                h_prev = tl.load(scratch + s * (BLOCK_D * N_P2) + tile)
+                p = tl.load(pos_ptr + k * L + t)
+                low = tl.load(dtl_ptr + low_row + t, mask=r_ok, other=0.0)
+                x = tl.reduce(Wdt * low[None, :], 1, _SUM) + bias
+                e = tl.exp(-tl.abs(x))
+                w = 1.0 + e
+                dt = tl.maximum(x, 0.0) + tl.log(w) - ((w - 1.0) - e) / w
+                slope = tl.where(x >= 0, 1.0, e) / w  # sigmoid(x)
+                u_t = tl.load(x_ptr + row + p)
+                B_t = tl.load(BC_ptr + bc_row + t * 2 * N + n, mask=n_ok, other=0.0)
+                C_t = tl.load(BC_ptr + bc_row + t * 2 * N + N + n, mask=n_ok, other=0.0)
+                gy = tl.load(gy_ptr + row + p)
+                a = tl.exp2(dt[:, None] * A2)
+                du = dt * u_t
+                h_t = a * h_prev + du[:, None] * B_t[None, :]
+                tl.store(gBC_ptr + part_bc + t * 2 * N + N + n, tl.reduce(gy[:, None] * h_t, 0, _SUM), mask=n_ok)
+                lam = lam + gy[:, None] * C_t[None, :]
+                tl.store(gBC_ptr + part_bc + t * 2 * N + n, tl.reduce(lam * du[:, None], 0, _SUM), mask=n_ok)
+                sum_du = tl.reduce(lam * B_t[None, :], 1, _SUM)
+                q = lam * a * h_prev
+                acc_A += q * dt[:, None]
+                sum_dt = tl.reduce(q * A, 1, _SUM)
+                lam = lam * a
+                tl.store(gx_ptr + row + p, tl.load(gx_ptr + row + p) + sum_du * dt + gy * skip)
+                acc_skip += gy * u_t
+                g_pre = (sum_dt + sum_du * u_t) * slope
+                acc_bias += g_pre
+                acc_W += g_pre[:, None] * low[None, :]
+                tl.store(gdtl_ptr + part_low + t, tl.reduce(g_pre[:, None] * Wdt, 0, _SUM), mask=r_ok)
+            tl.debug_barrier()
+        out = (i * 4 + k) * D + d
+        tl.store(gA_ptr + out[:, None] * N + n[None, :], acc_A, mask=n_ok[None, :])
+        tl.store(gWdt_ptr + out[:, None] * R + rr[None, :], acc_W, mask=r_ok[None, :])
+        tl.store(gskip_ptr + out, acc_skip)
+        tl.store(gbias_ptr + out, acc_bias)
