@@ -28,7 +28,8 @@ def test_every_dataset_read_from_a_folder_has_a_layout():
 @pytest.fixture()
 def readme_layout(monkeypatch):
     """The README's example layout, registered as its paragraph says (one registry entry, the name in DATASETS)."""
-    code = re.search(r"```python\n(# src/vmunet/data/layouts/skin\.py\n.*?)```", README.read_text(), re.S).group(1)
+    readme = README.read_text(encoding="utf-8")
+    code = re.search(r"```python\n(# src/vmunet/data/layouts/skin\.py\n.*?)```", readme, re.S).group(1)
     namespace: dict = {}
     exec(compile(code, "skin.py", "exec"), namespace)
     monkeypatch.setattr(vmunet.config, "DATASETS", (*vmunet.config.DATASETS, "skin"))
