@@ -43,11 +43,12 @@ TEST_SEED = 2024
 # anatomy around a voxel instead of one, which is what thin white-matter strands and the deep grey nuclei need.
 CONTEXT = 1
 # Test-time flips (the Predictor's tta: the slice and its horizontal, vertical and double flips, probabilities
-# averaged) for the held-out slabs and the NIfTI, chosen on the selection slab only: they lifted this recipe's
-# best checkpoint (epoch 39 of 42) from Dice 0.8786 to 0.8882 there for ~10 s of the 8-minute budget, more than
-# any epoch buys at the end of the cosine. Tried and not taken, also on the selection slab: CONTEXT = 2 (0.8652
-# at 42 epochs vs 0.8724 with CONTEXT = 1 in the same-seed run before), and averaging the last 2, 4 or 8 epochs'
-# weights (0.8652, 0.8651, 0.8650 vs 0.8652 for the last epoch alone, in that CONTEXT = 2 run).
+# averaged) for the held-out slabs and the NIfTI, chosen on the selection slab only: they lifted the best
+# checkpoint (epoch 39 of 42) from Dice 0.8786 to 0.8882 there (0.8866 -> 0.8931 without drop path, see
+# demo_config) for ~10 s of the 8-minute budget, more than any epoch buys at the end of the cosine. Tried and
+# not taken, also on the selection slab: CONTEXT = 2 (0.8652 at 42 epochs vs 0.8724 with CONTEXT = 1 in the
+# same-seed run before), and averaging the last 2, 4 or 8 epochs' weights (0.8652, 0.8651, 0.8650 vs 0.8652 for
+# the last epoch alone, in that CONTEXT = 2 run).
 TTA = True
 
 
