@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from builders import UTF8_TEXT
+from builders import UTF8_TEXT, agreement
 
 pytest.importorskip("nilearn")
 
@@ -109,12 +109,37 @@ def test_threshold_baseline_equals_brute_force_search():
 def test_the_demo_predicts_its_volume_through_the_runs_inference_path():
     """Normalisation, resize to the network and back, as evaluate and predict (issue 13: the demo fed the raw
     slices to the model, at their own size). The threshold model rejects inputs not resized to the network."""
-    from builders import agreement, asymmetric_labels, threshold_predictor
+    from builders import asymmetric_labels, threshold_predictor
 
     predictor, info = threshold_predictor(num_classes=3, image_size=64, dataset="demo")
     volume = np.stack([asymmetric_labels(50, 70, shift=s) for s in range(3)])  # (Z, X, Y), not a multiple of 32
     labels = demo.predict_volume_labels(predictor.model, info, volume.astype(np.float32))
     assert labels.shape == volume.shape and agreement(labels, volume) > 0.99
+
+
+def test_the_demo_predicts_with_test_time_flips(monkeypatch):
+    """demo.TTA averages the slice and its flips, so a network that is not flip-symmetric (a random convolution)
+    gives labels that follow a flipped input exactly; the same network without the flips does not."""
+    import torch
+
+    from vmunet.runtime.run_folder import RunInfo
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, kernel_size=5, padding=2)  # (N, 3, S, S) -> (N, 3, S, S) logits
+    info = RunInfo(model_preset="conv", model_config={"num_classes": 3, "input_channels": 3},
+                   label_names=list(demo.LABEL_NAMES), normalization="none", image_size=32, dataset="demo",
+                   version="test")
+    volume = np.random.default_rng(0).normal(size=(3, 32, 32, 3)).astype(np.float32)  # (Z, X, Y, C)
+
+    def flip_agreement():
+        labels = demo.predict_volume_labels(model, info, volume)
+        flipped = demo.predict_volume_labels(model, info, np.ascontiguousarray(volume[:, ::-1]))
+        return agreement(flipped[:, ::-1], labels)
+
+    assert demo.TTA
+    assert flip_agreement() > 0.999  # float summation order aside
+    monkeypatch.setattr(demo, "TTA", False)
+    assert flip_agreement() < 0.9
 
 
 @pytest.mark.slow
