@@ -42,6 +42,11 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+# The answers' status codes prove nothing was decoded (a decoded bomb is a 200 or a MemoryError, not a 413 from the
+# header); the time limit only catches a worker left blocked (a /dev/stdin read), so it is generous for loaded machines.
+BLOCKED_WORKER_S = 60
+
+
 def good_png(seed: int = 1, height: int = 40, width: int = 48) -> bytes:
     return png_bytes(blob_image(np.random.default_rng(seed), height, width)[0])
 
@@ -107,7 +112,7 @@ def test_sitk_headers_naming_another_file_are_refused_alike(client, secrets_dir,
     for target in (secrets_dir / "secret.raw", secrets_dir / "missing.raw"):
         started = time.perf_counter()
         response = post(client, name, make(target), format="json", preview="true")
-        assert time.perf_counter() - started < 5
+        assert time.perf_counter() - started < BLOCKED_WORKER_S
         detail = one_line(response, 422, name, "another file")
         assert str(secrets_dir) not in detail and "TOP-SECRET" not in response.text
         answers.append((response.status_code, detail))
@@ -119,7 +124,7 @@ def test_dev_stdin_and_detached_headers_are_refused_at_once(client):
     pytest.importorskip("SimpleITK")
     started = time.perf_counter()
     one_line(post(client, "stdin.mha", mha("/dev/stdin")), 422, "stdin.mha", "another file")
-    assert time.perf_counter() - started < 5, "a header naming /dev/stdin must not block a worker"
+    assert time.perf_counter() - started < BLOCKED_WORKER_S, "a header naming /dev/stdin must not block a worker"
     one_line(post(client, "scan.mhd", mha("scan.raw")), 422, "scan.mhd", "detached header")
     one_line(post(client, "scan.nhdr", nrrd("data file: scan.raw")), 415, "unsupported file type")
     assert post(client, "fine.png", good_png()).status_code == 200
@@ -148,7 +153,7 @@ def test_bombs_by_header_get_413_naming_the_limit(client, tmp_path):
     for name, data, words in cases:
         started = time.perf_counter()
         one_line(post(client, name, data), 413, name, words)
-        assert time.perf_counter() - started < 5, name
+        assert time.perf_counter() - started < BLOCKED_WORKER_S, name
     assert post(client, "fine.png", good_png()).status_code == 200
 
 
